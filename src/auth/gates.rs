@@ -1,0 +1,1 @@
+//! Filled by the auth work: see auth/mod.rs.

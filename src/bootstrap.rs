@@ -1,0 +1,1 @@
+//! Admin token bootstrap in the data directory.

@@ -1,0 +1,1 @@
+//! Response writing: status line, the headers every gateway response carries, and bodies.

@@ -1,0 +1,1 @@
+//! The reference's route table, evaluated in its order (PROTOCOL.md §2).

@@ -1,0 +1,25 @@
+//! smithers-gateway: the headless control plane of the Smithers workflow orchestrator.
+//!
+//! The crate is one library with a thin binary (`src/main.rs`). `docs/ARCHITECTURE.md` is the map;
+//! each module below opens with what it owns and what it must never do.
+
+// Settings and every limit, with their defaults.
+pub mod config;
+// The spec's error codes, their HTTP statuses, and the RPC error value.
+pub mod error;
+// Wall-clock helpers (epoch milliseconds).
+pub mod clock;
+// HTTP/1.1: sans-IO request parsing, responses, routing.
+pub mod http;
+// WebSocket (RFC 6455): sans-IO frame and message codec, upgrade handshake.
+pub mod ws;
+// RPC frames, the connect handshake, method dispatch.
+pub mod rpc;
+// Request gates, auth modes (token, JWT, trusted proxy), the scope grammar.
+pub mod auth;
+// Worker threads, listeners, connection tasks, shutdown.
+pub mod runtime;
+// Admin token bootstrap in the data directory.
+pub mod bootstrap;
+// Structured logging set-up.
+pub mod logging;

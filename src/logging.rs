@@ -1,0 +1,1 @@
+//! Structured logging set-up.

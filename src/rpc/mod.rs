@@ -1,0 +1,1 @@
+//! RPC frames, the connect handshake and method dispatch.

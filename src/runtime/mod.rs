@@ -1,0 +1,1 @@
+//! Worker threads, listeners, connection tasks, shutdown.

@@ -1,0 +1,1 @@
+//! WebSocket upgrade validation and the 101 response (RFC 6455 §4.2).

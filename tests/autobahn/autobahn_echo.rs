@@ -1,0 +1,2 @@
+//! Echo harness for Autobahn on the production codec and worker code.
+fn main() {}

@@ -1,0 +1,1 @@
+//! One integration binary: every test talks to a real server over 127.0.0.1.
