@@ -19,6 +19,12 @@ pub mod rpc;
 pub mod auth;
 // Worker threads, listeners, connection tasks, shutdown.
 pub mod runtime;
+// Shared gateway state: settings, identity, counters, slots.
+pub mod state;
+// Prometheus text for GET /metrics.
+pub mod metrics;
+// GET /v1/auth/session: the browser session hand-off.
+pub mod session;
 // Admin token bootstrap in the data directory.
 pub mod bootstrap;
 // Structured logging set-up.

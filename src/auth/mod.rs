@@ -89,4 +89,14 @@ impl Authenticator {
     pub fn authenticate(&self, headers: &dyn HeaderLookup, explicit_token: Option<&str>, now_ms: u64) -> Result<Principal, AuthError> {
         todo!("helper {} {:?} {now_ms}", headers.header("host").is_some(), explicit_token.is_some())
     }
+
+    /// The credential the request presents, by the lookup order (headers and cookie only).
+    pub fn presented_token(&self, headers: &dyn HeaderLookup) -> Option<String> {
+        todo!("merge {}", headers.header("host").is_some())
+    }
+
+    /// True for the modes that authenticate a token (token, JWT): only they set a session cookie.
+    pub fn uses_tokens(&self) -> bool {
+        todo!()
+    }
 }

@@ -1,1 +1,11 @@
-//! RPC frames, the connect handshake and method dispatch.
+//! RPC over both transports: `frame` (inbound request parsing with the protocol's bounds, outbound
+//! response and event encoding), `connect` (the WebSocket handshake and the hello payload) and
+//! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules).
+
+pub mod connect;
+pub mod dispatch;
+pub mod frame;
+
+/// JSON values as parsed from and written to the wire.
+pub type Value = simd_json::OwnedValue;
+pub type Object = simd_json::owned::Object;

@@ -1,0 +1,107 @@
+//! Method dispatch (METHODS.md §0): the scope check first, then the handler by exact name, with
+//! the transport rules (WebSocket-only methods over HTTP, `ext.*` names, unknown methods).
+//! Handlers receive params as sent; non-objects are treated as `{}` by each handler.
+
+use super::frame::object;
+use super::Value;
+use crate::auth::scope::{has_scope, required_scope};
+use crate::auth::Principal;
+use crate::error::{ErrorCode, RpcError};
+use crate::state::GatewayState;
+use simd_json::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+/// Methods that only make sense on a socket (they stream).
+const WEBSOCKET_ONLY_METHODS: &[&str] = &["streamRunEvents", "streamDevTools"];
+
+/// Everything a handler may read about its caller.
+pub struct CallContext<'a> {
+    pub state: &'a GatewayState,
+    pub principal: &'a Principal,
+    pub transport: Transport,
+}
+
+/// The scope check of AUTH.md §4: `FORBIDDEN` with `requiredScope` when it fails.
+pub fn check_scope(principal: &Principal, method: &str) -> Result<(), RpcError> {
+    let required = required_scope(method);
+    if has_scope(&principal.scopes, required, method) {
+        return Ok(());
+    }
+    Err(RpcError::new(
+        ErrorCode::Forbidden,
+        format!("Missing required scope {} for {}", required.as_str(), method),
+    )
+    .with("requiredScope", required.as_str()))
+}
+
+/// Runs one call. `connect` never reaches here on a socket (the session handles it).
+pub fn dispatch(context: &CallContext<'_>, method: &str, params: &Value) -> Result<Value, RpcError> {
+    check_scope(context.principal, method)?;
+    if context.transport == Transport::Http && WEBSOCKET_ONLY_METHODS.contains(&method) {
+        return Err(RpcError::new(
+            ErrorCode::InvalidRequestLegacy,
+            format!("{method} is only supported over websocket connections"),
+        ));
+    }
+    let _ = params;
+    match method {
+        "health" => Ok(health_payload(context.state)),
+        _ if method.starts_with("ext.") => Err(RpcError::new(
+            ErrorCode::ExtensionMethodNotFound,
+            format!("Unknown extension method: {method}"),
+        )
+        .with("method", method)),
+        _ => Err(RpcError::new(ErrorCode::MethodNotFound, format!("Unknown method: {method}"))),
+    }
+}
+
+/// `identity` of health and hello (PROTOCOL.md §2.1).
+pub fn identity(state: &GatewayState) -> Value {
+    object(vec![
+        ("workspaceRoot", state.config.workspace_root.clone().map_or(Value::null(), Value::from)),
+        ("backend", Value::null()),
+        ("version", Value::from(env!("CARGO_PKG_VERSION"))),
+        ("pid", Value::from(u64::from(state.pid))),
+        ("startedAtMs", Value::from(state.started_at_ms)),
+    ])
+}
+
+fn features(state: &GatewayState) -> Value {
+    Value::Array(Box::new(state.config.features.iter().map(|f| Value::from(f.as_str())).collect()))
+}
+
+/// `GET /health` body (with `ok`).
+pub fn health_http_body(state: &GatewayState) -> Value {
+    object(vec![
+        ("ok", Value::from(true)),
+        ("protocol", Value::from(u64::from(state.config.protocol))),
+        ("features", features(state)),
+        ("stateVersion", Value::from(state.state_version())),
+        ("identity", identity(state)),
+        ("workflowsLoaded", Value::from(0u64)),
+        ("workflowsTotal", Value::from(0u64)),
+    ])
+}
+
+/// The `health` RPC payload: as `/health` without `ok`, plus `uptimeMs`.
+pub fn health_payload(state: &GatewayState) -> Value {
+    object(vec![
+        ("protocol", Value::from(u64::from(state.config.protocol))),
+        ("features", features(state)),
+        ("stateVersion", Value::from(state.state_version())),
+        ("uptimeMs", Value::from(state.started_at.elapsed().as_millis() as u64)),
+        ("identity", identity(state)),
+        ("workflowsLoaded", Value::from(0u64)),
+        ("workflowsTotal", Value::from(0u64)),
+    ])
+}
+
+/// Used by hello: the feature list and protocol as configured.
+pub fn hello_features(state: &GatewayState) -> Value {
+    features(state)
+}

@@ -1,0 +1,108 @@
+//! `GatewayState`: the read-mostly state every worker shares (settings, the authenticator,
+//! process identity, the global `stateVersion`, connection counters and slot guards).
+//!
+//! Invariant: no per-connection state lives here; counters are the only shared mutable values and
+//! they are plain atomics (no locks on any request path).
+
+use crate::auth::Authenticator;
+use crate::config::GatewayConfig;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Counters read by `/metrics` and by the connection limits.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Accepted TCP sockets currently open (HTTP and WebSocket).
+    pub sockets_open: AtomicUsize,
+    /// Upgraded WebSockets that have not completed `connect`.
+    pub pre_auth_connections: AtomicUsize,
+    /// WebSockets that completed `connect`.
+    pub authenticated_connections: AtomicUsize,
+    pub sockets_refused: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub http_refusals: AtomicU64,
+    pub ws_upgrades: AtomicU64,
+    pub ws_upgrade_refusals: AtomicU64,
+    pub ws_messages: AtomicU64,
+    pub rpc_errors: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub outbound_overflow_closes: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct GatewayState {
+    pub config: GatewayConfig,
+    pub authenticator: Authenticator,
+    pub started_at: Instant,
+    pub started_at_ms: u64,
+    pub pid: u32,
+    /// Global broadcast counter (PROTOCOL.md §12): incremented once per broadcast.
+    pub state_version: AtomicU64,
+    pub counters: Counters,
+    /// The port the gateway listens on (session cookie name, logs).
+    pub port: u16,
+}
+
+impl GatewayState {
+    pub fn new(config: GatewayConfig, authenticator: Authenticator, port: u16) -> Arc<GatewayState> {
+        Arc::new(GatewayState {
+            config,
+            authenticator,
+            started_at: Instant::now(),
+            started_at_ms: crate::clock::now_ms(),
+            pid: std::process::id(),
+            state_version: AtomicU64::new(0),
+            counters: Counters::default(),
+            port,
+        })
+    }
+
+    pub fn state_version(&self) -> u64 {
+        self.state_version.load(Ordering::Relaxed)
+    }
+}
+
+/// A held slot in a bounded counter, released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    state: Arc<GatewayState>,
+    kind: SlotKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    Socket,
+    PreAuth,
+    Authenticated,
+}
+
+fn counter(state: &GatewayState, kind: SlotKind) -> &AtomicUsize {
+    match kind {
+        SlotKind::Socket => &state.counters.sockets_open,
+        SlotKind::PreAuth => &state.counters.pre_auth_connections,
+        SlotKind::Authenticated => &state.counters.authenticated_connections,
+    }
+}
+
+impl Slot {
+    /// Takes a slot when fewer than `max` are held.
+    pub fn try_acquire(state: &Arc<GatewayState>, kind: SlotKind, max: usize) -> Option<Slot> {
+        counter(state, kind)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| (held < max).then_some(held + 1))
+            .ok()
+            .map(|_| Slot { state: state.clone(), kind })
+    }
+
+    pub fn kind(&self) -> SlotKind {
+        self.kind
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let previous = counter(&self.state, self.kind).fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(previous > 0, "slot counter underflow");
+    }
+}
