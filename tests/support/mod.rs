@@ -1,0 +1,326 @@
+//! Test support: a real gateway on 127.0.0.1 with an ephemeral port (driver from GATEWAY_DRIVER),
+//! a tungstenite WebSocket client, raw HTTP exchanges, and token/JWT minting.
+#![allow(dead_code)]
+
+use smithers_gateway::auth::Authenticator;
+use smithers_gateway::config::{AuthConfig, Config, DriverKind, GatewayConfig, TokenGrant};
+use smithers_gateway::runtime::Server;
+use smithers_gateway::state::GatewayState;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::Message;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Every socket read in tests gives up after this long, so no test can hang.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn driver_from_env() -> DriverKind {
+    match std::env::var("GATEWAY_DRIVER").ok().as_deref() {
+        Some("legacy") => DriverKind::Legacy,
+        Some("io-uring") => DriverKind::IoUring,
+        _ => DriverKind::Auto,
+    }
+}
+
+/// A running gateway, shut down when dropped.
+pub struct Gateway {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Token auth with one admin token, plus whatever `adjust` changes.
+    pub fn start(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
+        let mut config = GatewayConfig::default();
+        config.auth = Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))]));
+        adjust(&mut config);
+        Gateway::start_with(config, 1)
+    }
+
+    pub fn start_with(gateway: GatewayConfig, workers: usize) -> Gateway {
+        gateway.validate().unwrap_or_else(|e| panic!("invalid test config: {e}"));
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            workers,
+            data_dir: std::env::temp_dir(),
+            driver: driver_from_env(),
+            gateway: gateway.clone(),
+        };
+        let auth = gateway.auth.clone().unwrap_or(AuthConfig::None { trust_any_host: false });
+        let authenticator = Authenticator::new(auth, None);
+        let server = Server::start(config, move |port| GatewayState::new(gateway, authenticator, port))
+            .unwrap_or_else(|e| panic!("server did not start: {e}"));
+        let addr = server.local_addr();
+        Gateway { server: Some(server), addr }
+    }
+
+    pub fn state(&self) -> &GatewayState {
+        match &self.server {
+            Some(server) => server.state(),
+            None => panic!("server already stopped"),
+        }
+    }
+
+    /// Stops the server and waits for its workers.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.join();
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn grant(role: &str, scopes: &[&str]) -> TokenGrant {
+    TokenGrant {
+        role: role.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        user_id: None,
+        token_id: None,
+        issued_at_ms: None,
+        expires_at_ms: None,
+        revoked_at_ms: None,
+    }
+}
+
+pub fn token_auth(tokens: &[(&str, TokenGrant)]) -> AuthConfig {
+    AuthConfig::Token {
+        tokens: tokens.iter().map(|(t, g)| (t.to_string(), g.clone())).collect::<BTreeMap<_, _>>(),
+        allowed_origins: Vec::new(),
+    }
+}
+
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// Opens a WebSocket to `path` with extra request headers.
+pub fn ws_open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap_or_else(|e| panic!("{e}"));
+    stream.set_nodelay(true).unwrap_or_else(|e| panic!("{e}"));
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}{path}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+            tungstenite::http::HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    match tungstenite::client::client(request, stream) {
+        Ok(pair) => Ok(pair),
+        Err(tungstenite::HandshakeError::Failure(error)) => Err(error),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("handshake interrupted"),
+    }
+}
+
+pub fn ws_open(addr: SocketAddr) -> Ws {
+    ws_open_with(addr, "/", &[]).unwrap_or_else(|e| panic!("upgrade failed: {e}")).0
+}
+
+/// Reads the next text frame as JSON; panics on anything else.
+pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => return serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {text}: {e}")),
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            Ok(other) => panic!("expected text, got {other:?}"),
+            Err(error) => panic!("read failed: {error}"),
+        }
+    }
+}
+
+/// Reads frames until the response with `id`, returning it and the events seen before it.
+pub fn recv_response(ws: &mut Ws, id: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut events = Vec::new();
+    loop {
+        let frame = recv_json(ws);
+        if frame["type"] == "res" && frame["id"] == id {
+            return (frame, events);
+        }
+        events.push(frame);
+    }
+}
+
+pub fn send_json(ws: &mut Ws, value: &serde_json::Value) {
+    ws.send(Message::text(value.to_string())).unwrap_or_else(|e| panic!("send failed: {e}"));
+}
+
+pub fn request(ws: &mut Ws, id: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    send_json(ws, &serde_json::json!({"type":"req","id":id,"method":method,"params":params}));
+    recv_response(ws, id).0
+}
+
+pub fn connect_params(token: Option<&str>) -> serde_json::Value {
+    let mut params = serde_json::json!({"minProtocol":1,"maxProtocol":1,"client":{"id":"test","version":"0","platform":"rust"}});
+    if let Some(token) = token {
+        params["auth"] = serde_json::json!({"token": token});
+    }
+    params
+}
+
+/// Opens a socket and completes `connect` with `token`; returns the socket and the hello frame.
+pub fn ws_connect(addr: SocketAddr, token: &str) -> (Ws, serde_json::Value) {
+    let mut ws = ws_open(addr);
+    let response = request(&mut ws, "connect-1", "connect", connect_params(Some(token)));
+    assert_eq!(response["ok"], true, "connect failed: {response}");
+    (ws, response)
+}
+
+/// What the peer did after we stopped sending: a close frame (with its code) or a dropped socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    Closed(Option<u16>),
+    Dropped,
+}
+
+/// Reads until the socket ends, skipping data frames.
+pub fn read_until_end(ws: &mut Ws) -> Ending {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while Instant::now() < deadline {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return Ending::Closed(frame.map(|f| u16::from(f.code))),
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return Ending::Dropped,
+            Err(tungstenite::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock || error.kind() == std::io::ErrorKind::TimedOut => {
+                panic!("socket still open after {IO_TIMEOUT:?}")
+            }
+            Err(_) => return Ending::Dropped,
+        }
+    }
+    panic!("socket did not end")
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Parses one response from the front of `bytes`; returns it and its length.
+pub fn parse_response(bytes: &[u8]) -> Option<(HttpResponse, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = response.parse(bytes).ok()? else {
+        return None;
+    };
+    let status = response.code?;
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    let length: usize = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let body = if status == 101 || status == 100 { 0 } else { length };
+    if bytes.len() < head_len + body {
+        return None;
+    }
+    Some((HttpResponse { status, headers, body: bytes[head_len..head_len + body].to_vec() }, head_len + body))
+}
+
+/// A raw HTTP connection for byte-exact tests.
+pub struct RawHttp {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl RawHttp {
+    pub fn open(addr: SocketAddr) -> RawHttp {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap_or_else(|e| panic!("{e}"));
+        RawHttp { stream, pending: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("write: {e}"));
+    }
+
+    /// Reads one response (skipping `100 Continue`).
+    pub fn response(&mut self) -> HttpResponse {
+        loop {
+            if let Some((response, used)) = parse_response(&self.pending) {
+                self.pending.drain(..used);
+                if response.status == 100 {
+                    continue;
+                }
+                return response;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("connection closed before a response; got {:?}", String::from_utf8_lossy(&self.pending)),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!("read: {e}; got {:?}", String::from_utf8_lossy(&self.pending)),
+            }
+        }
+    }
+
+    /// True when the server closed the connection with nothing more to say (any further bytes,
+    /// e.g. an answer to a smuggled request, make this false).
+    pub fn closed_without_more(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return self.pending.is_empty(),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return self.pending.is_empty(),
+                Err(e) => panic!("connection not closed: {e}; pending {:?}", String::from_utf8_lossy(&self.pending)),
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection; returns the response.
+pub fn http_once(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut http = RawHttp::open(addr);
+    http.send(request);
+    http.response()
+}
+
+pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http_once(addr, request.as_bytes())
+}
+
+/// Mints an HS256 JWT with free-form header and claims.
+pub fn mint_jwt(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signing_input = format!("{}.{}", engine.encode(header.to_string()), engine.encode(claims.to_string()));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap_or_else(|e| panic!("{e}"));
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", engine.encode(mac.finalize().into_bytes()))
+}
+
+pub fn now_s() -> i64 {
+    (smithers_gateway::clock::now_ms() / 1000) as i64
+}
