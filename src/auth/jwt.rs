@@ -352,6 +352,102 @@ fn decode_object(segment: &str) -> Option<OwnedValue> {
     value.is_object().then_some(value)
 }
 
+/// The `jwt_header` fuzz target's properties, shared with the committed-seed replay
+/// (`cargo test fuzz_seeds`) so both check the same thing. The input is a token (lossy UTF-8),
+/// sent both as `connect.params.auth.token` and as an `Authorization: Bearer` header, to JWT
+/// authenticators with a fixed config:
+/// - never a panic, whatever the bytes;
+/// - with a secret drawn at random per process, never `Ok` (nobody can sign for it);
+/// - with a fixed, known secret, `Ok` only when the token independently verifies: three
+///   segments, header `alg` exactly `HS256`, and HMAC-SHA256(secret, `header.payload`) equal to the
+///   decoded signature.
+///
+/// This function asserts — panicking is how a fuzz target reports a broken property; it is not
+/// called by the server.
+#[doc(hidden)]
+pub const FUZZ_KNOWN_SECRET: &str = "fuzz-known-secret-0123456789";
+
+#[doc(hidden)]
+pub fn check_fuzz_properties(data: &[u8]) {
+    use std::sync::OnceLock;
+    static RANDOM: OnceLock<super::Authenticator> = OnceLock::new();
+    static KNOWN: OnceLock<super::Authenticator> = OnceLock::new();
+
+    let config = |secret: String| crate::config::AuthConfig::Jwt {
+        issuer: "smithers".into(),
+        audience: OneOrMany::Many(vec!["gateway".into(), "other".into()]),
+        secret,
+        scopes_claim: None,
+        role_claim: None,
+        user_claim: None,
+        default_role: None,
+        default_scopes: None,
+        clock_skew_seconds: Some(60),
+        allow_missing_exp: false,
+        allowed_origins: Vec::new(),
+    };
+    let random = RANDOM.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        // std's RandomState is seeded from the OS per instance: 4 × 64 random bits, no extra crate.
+        let secret: String = (0..4)
+            .map(|i| {
+                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+                hasher.write_u32(i);
+                format!("{:016x}", hasher.finish())
+            })
+            .collect();
+        super::Authenticator::new(config(secret), None)
+    });
+    let known = KNOWN
+        .get_or_init(|| super::Authenticator::new(config(FUZZ_KNOWN_SECRET.to_string()), None));
+
+    let token = String::from_utf8_lossy(data);
+    let no_headers: Vec<(String, String)> = Vec::new();
+    let bearer = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    for now_ms in [0, 1_800_000_000_000, u64::MAX] {
+        assert!(
+            random
+                .authenticate(&no_headers, Some(&token), now_ms)
+                .is_err(),
+            "a token verified under a random secret"
+        );
+        assert!(
+            random.authenticate(&bearer, None, now_ms).is_err(),
+            "a header token verified under a random secret"
+        );
+        if known
+            .authenticate(&no_headers, Some(&token), now_ms)
+            .is_ok()
+        {
+            assert!(
+                independently_verifies(&token, FUZZ_KNOWN_SECRET),
+                "accepted a token that does not verify"
+            );
+        }
+    }
+}
+
+/// HS256 verification written separately from `JwtAuth` (for the fuzz property only).
+fn independently_verifies(token: &str, secret: &str) -> bool {
+    use hmac::{Hmac, Mac};
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, payload, signature] = parts.as_slice() else {
+        return false;
+    };
+    let alg_ok = decode_object(header)
+        .is_some_and(|h| h.get("alg").and_then(|a| a.as_str()) == Some("HS256"));
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(payload.as_bytes());
+    alg_ok && mac.verify_slice(&signature).is_ok()
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
@@ -923,6 +1019,26 @@ mod tests {
         let principal = check(&mint(hs256(), with(claims(), "sub", json!(""))))
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(principal.user_id, None);
+    }
+
+    #[test]
+    fn fuzz_property_oracle_agrees_with_the_verifier() {
+        let token = mint_raw(
+            &hs256().to_string(),
+            &claims().to_string(),
+            FUZZ_KNOWN_SECRET,
+        );
+        assert!(independently_verifies(&token, FUZZ_KNOWN_SECRET));
+        assert!(!independently_verifies(&token, SECRET));
+        assert!(!independently_verifies(
+            &mint(json!({"alg": "HS512"}), claims()),
+            SECRET
+        ));
+        assert!(independently_verifies(&mint(hs256(), claims()), SECRET));
+        // A token valid under the known secret exercises the "Ok only if it verifies" branch.
+        check_fuzz_properties(token.as_bytes());
+        check_fuzz_properties(b"");
+        check_fuzz_properties(&[0xff, b'.', 0xfe, b'.', 0x80]);
     }
 
     #[test]
