@@ -65,17 +65,6 @@ fn encode_cookie_value(token: &str) -> String {
     out
 }
 
-/// The cookie's name: `smithers_session_<port>` when Host carries a numeric port.
-pub fn cookie_name(host: Option<&str>) -> String {
-    let port = host.and_then(|host| host.rsplit_once(':')).map(|(_, port)| port).filter(|port| {
-        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
-    });
-    match port {
-        Some(port) => format!("smithers_session_{port}"),
-        None => "smithers_session".to_string(),
-    }
-}
-
 fn failure(error: &AuthError) -> Response {
     let rpc_error = crate::runtime::auth_rpc_error(error);
     let id = uuid::Uuid::new_v4().to_string();
@@ -104,7 +93,7 @@ pub fn hand_off(state: &GatewayState, head: &RequestHead) -> Response {
                 .is_some_and(|first| first.trim().eq_ignore_ascii_case("https"));
             let cookie = format!(
                 "{}={}; HttpOnly; Path=/; SameSite=Lax{}",
-                cookie_name(head.header_str("host")),
+                crate::auth::session_cookie_name(head.header_str("host")),
                 encode_cookie_value(&token),
                 if secure { "; Secure" } else { "" }
             );
@@ -125,14 +114,6 @@ mod tests {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");
-    }
-
-    #[test]
-    fn cookie_name_follows_the_host_port() {
-        assert_eq!(cookie_name(Some("127.0.0.1:7331")), "smithers_session_7331");
-        assert_eq!(cookie_name(Some("gateway.example")), "smithers_session");
-        assert_eq!(cookie_name(Some("[::1]:80")), "smithers_session_80");
-        assert_eq!(cookie_name(None), "smithers_session");
     }
 
     #[test]

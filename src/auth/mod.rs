@@ -171,6 +171,16 @@ impl Authenticator {
         self.trust_any_host
     }
 
+    /// The credential the request presents, by the lookup order (headers and cookie only).
+    pub fn presented_token(&self, headers: &dyn HeaderLookup) -> Option<String> {
+        gates::find_credential(headers, None).map(|credential| credential.token)
+    }
+
+    /// True for the modes that authenticate a token (token, JWT): only they set a session cookie.
+    pub fn uses_tokens(&self) -> bool {
+        matches!(self.mode, Mode::Token(_) | Mode::Jwt(_))
+    }
+
     /// Header names this mode reads, beyond `AUTH_HEADER_NAMES_FIXED` (trusted-proxy headers).
     pub fn extra_header_names(&self) -> Vec<String> {
         match &self.mode {
@@ -672,15 +682,5 @@ mod tests {
         );
         assert_eq!(TOKEN_REQUIRED.message, "A bearer token is required");
         assert_eq!(REFRESH_HINT, "smithers token issue");
-    }
-
-    /// The credential the request presents, by the lookup order (headers and cookie only).
-    pub fn presented_token(&self, headers: &dyn HeaderLookup) -> Option<String> {
-        todo!("merge {}", headers.header("host").is_some())
-    }
-
-    /// True for the modes that authenticate a token (token, JWT): only they set a session cookie.
-    pub fn uses_tokens(&self) -> bool {
-        todo!()
     }
 }
