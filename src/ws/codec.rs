@@ -1,6 +1,15 @@
 //! Message assembly for the server side of RFC 6455: fragmentation, interleaved control frames,
 //! streaming UTF-8 validation (fail fast), close codes, and the message size limit. Sans-IO: the
 //! caller feeds bytes and writes whatever the codec asks it to write.
+//!
+//! This module owns the inbound state of one connection (at most one partial data message, bounded
+//! by the message limit, plus one control frame of at most 125 bytes) and the encoding of outbound
+//! server frames. It must never perform IO, never panic on any input, never hold more than those
+//! bounds, and never accept what RFC 6455 tells a server to fail the connection for. No extensions
+//! are negotiated, so every RSV bit must be zero.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use crate::ws::frame::{apply_mask, server_head, FrameHeader, OpCode, HEADER_BYTES_MAX};
 
 /// A complete inbound message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,44 +41,420 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// > RFC 6455 §5.5: All control frames MUST have a payload length of 125 bytes or less
+pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
+
+/// The longest close reason that fits a control frame after the two-byte code.
+pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
+
+/// How much buffer space is reserved up front for a data frame whose header announces a length.
+/// A client can announce up to the message limit and then send nothing, so memory is reserved
+/// only in modest steps and grows with bytes that actually arrived.
+const PAYLOAD_RESERVE_BYTES_MAX: u64 = 64 * 1024;
+
+const fn protocol_error(reason: &'static str) -> CodecError {
+    CodecError { code: CLOSE_PROTOCOL_ERROR, reason }
+}
+
+const fn invalid_data(reason: &'static str) -> CodecError {
+    CodecError { code: CLOSE_INVALID_DATA, reason }
+}
+
+/// The kind of the data message being assembled across fragments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DataKind {
+    Text,
+    Binary,
+}
+
+/// Where the decoder is within the current frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadState {
+    /// Collecting header bytes into `Decoder::header_bytes`.
+    Header,
+    /// Moving payload bytes of an accepted frame into the decoder.
+    Payload(PayloadProgress),
+}
+
+/// The accepted frame whose payload is arriving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PayloadProgress {
+    opcode: OpCode,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes already received (the masking offset of the next byte).
+    received: u64,
+    /// Payload bytes still to come.
+    remaining: u64,
+}
+
+/// Incremental UTF-8 validation across chunk boundaries.
+///
+/// Holds at most the first three bytes of a code point that is split across chunks. Validation
+/// fails as soon as a sequence cannot become valid (`std::str::from_utf8` reports an
+/// `error_len()` for a bad byte even when it is the last byte of the input, and it checks each
+/// continuation byte against the lead byte, so impossible prefixes such as `F4 90` or `ED A0` are
+/// refused right away).
+///
+/// > RFC 6455 §8.1: When an endpoint is to interpret a byte stream as UTF-8 but finds that the
+/// > byte stream is not, in fact, a valid UTF-8 stream, that endpoint MUST _Fail the WebSocket
+/// > Connection_.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Utf8Validator {
+    pending: [u8; 4],
+    pending_len: usize,
+}
+
+/// The bytes seen so far can never be valid UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid UTF-8")]
+pub struct InvalidUtf8;
+
+impl Utf8Validator {
+    pub fn new() -> Utf8Validator {
+        Utf8Validator::default()
+    }
+
+    /// Validates the next chunk of a stream. Errors as soon as an invalid sequence is certain.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), InvalidUtf8> {
+        let mut rest = chunk;
+        // First finish the code point left over from the previous chunk, one byte at a time:
+        // at most three more bytes decide it.
+        while self.pending_len > 0 {
+            let Some((&next, after)) = rest.split_first() else {
+                return Ok(());
+            };
+            let Some(slot) = self.pending.get_mut(self.pending_len) else {
+                return Err(InvalidUtf8);
+            };
+            *slot = next;
+            self.pending_len += 1;
+            rest = after;
+            let so_far = self.pending.get(..self.pending_len).unwrap_or_default();
+            match std::str::from_utf8(so_far) {
+                Ok(_) => self.pending_len = 0,
+                Err(error) if error.error_len().is_some() => return Err(InvalidUtf8),
+                Err(_) => {}
+            }
+        }
+        match std::str::from_utf8(rest) {
+            Ok(_) => Ok(()),
+            Err(error) if error.error_len().is_some() => Err(InvalidUtf8),
+            Err(error) => {
+                // An incomplete but so far valid code point at the end: keep it (1..=3 bytes).
+                let tail = rest.get(error.valid_up_to()..).unwrap_or_default();
+                let Some(slot) = self.pending.get_mut(..tail.len()) else {
+                    return Err(InvalidUtf8);
+                };
+                slot.copy_from_slice(tail);
+                self.pending_len = tail.len();
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the stream: an incomplete code point at the end is invalid.
+    pub fn finish(&mut self) -> Result<(), InvalidUtf8> {
+        let complete = self.pending_len == 0;
+        *self = Utf8Validator::default();
+        if complete {
+            Ok(())
+        } else {
+            Err(InvalidUtf8)
+        }
+    }
+}
+
 /// Inbound decoder state for one connection. Holds at most one partial message, bounded by
 /// `message_bytes_max`.
 #[derive(Debug)]
 pub struct Decoder {
     message_bytes_max: usize,
+    read_state: ReadState,
+    /// Header bytes received so far (a header may arrive split across reads).
+    header_bytes: [u8; HEADER_BYTES_MAX],
+    header_bytes_len: usize,
+    /// The data message in progress, unmasked, and its kind; `None` between messages.
+    message_kind: Option<DataKind>,
+    message_bytes: Vec<u8>,
+    message_utf8: Utf8Validator,
+    /// The payload of the control frame in progress (≤ 125 bytes).
+    control_bytes: Vec<u8>,
 }
 
 impl Decoder {
     pub fn new(message_bytes_max: usize) -> Decoder {
-        Decoder { message_bytes_max }
+        Decoder {
+            message_bytes_max,
+            read_state: ReadState::Header,
+            header_bytes: [0; HEADER_BYTES_MAX],
+            header_bytes_len: 0,
+            message_kind: None,
+            message_bytes: Vec::new(),
+            message_utf8: Utf8Validator::new(),
+            control_bytes: Vec::new(),
+        }
     }
 
     /// Consumes bytes from the front of `input` and returns how many it consumed and the next
     /// complete message, if one completed. It consumes partial frames (payload bytes are moved into
     /// the decoder), so the caller's buffer never has to hold a whole frame. Call again with the
     /// rest while it returns a message.
+    ///
+    /// Partial headers are consumed too (kept in the decoder), so when no message is returned the
+    /// whole of `input` was consumed. A returned message always consumed at least one byte.
     pub fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<Message>), CodecError> {
-        todo!("helper {} {}", input.len(), self.message_bytes_max)
+        let mut consumed = 0usize;
+        loop {
+            let rest = input.get(consumed..).unwrap_or_default();
+            match self.read_state {
+                ReadState::Header => {
+                    if rest.is_empty() {
+                        return Ok((consumed, None));
+                    }
+                    consumed += self.read_header(rest)?;
+                }
+                ReadState::Payload(progress) => {
+                    consumed += self.read_payload(progress, rest)?;
+                    if let ReadState::Payload(still) = self.read_state {
+                        if still.remaining > 0 {
+                            // Out of input in the middle of a payload.
+                            return Ok((consumed, None));
+                        }
+                        self.read_state = ReadState::Header;
+                        if let Some(message) = self.finish_frame(still)? {
+                            return Ok((consumed, Some(message)));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Bytes held for a partial message (for memory accounting and tests).
     pub fn buffered_bytes(&self) -> usize {
-        todo!()
+        self.message_bytes.len()
+    }
+
+    /// Moves header bytes from `rest` (non-empty) into the header buffer; when the header is
+    /// complete, checks it and switches to the payload. Returns the bytes consumed from `rest`.
+    fn read_header(&mut self, rest: &[u8]) -> Result<usize, CodecError> {
+        let already = self.header_bytes_len;
+        let room = HEADER_BYTES_MAX.saturating_sub(already);
+        let copied = room.min(rest.len());
+        if let (Some(target), Some(source)) = (
+            self.header_bytes.get_mut(already..already + copied),
+            rest.get(..copied),
+        ) {
+            target.copy_from_slice(source);
+        }
+        let available = self.header_bytes.get(..already + copied).unwrap_or_default();
+        match FrameHeader::parse(available) {
+            Err(_) => Err(protocol_error("malformed frame length")),
+            Ok(None) => {
+                // The header needs more than `already + copied` bytes, and headers fit in 14, so
+                // all of `rest` was copied.
+                self.header_bytes_len = already + copied;
+                Ok(copied)
+            }
+            Ok(Some((header, header_len))) => {
+                self.header_bytes_len = 0;
+                self.begin_frame(header)?;
+                Ok(header_len.saturating_sub(already))
+            }
+        }
+    }
+
+    /// Applies the per-frame rules to a complete header and prepares to receive its payload.
+    fn begin_frame(&mut self, header: FrameHeader) -> Result<(), CodecError> {
+        // > RFC 6455 §5.2: RSV1, RSV2, RSV3: 1 bit each. MUST be 0 unless an extension is
+        // > negotiated that defines meanings for non-zero values. If a nonzero value is received
+        // > and none of the negotiated extensions defines the meaning of such a nonzero value, the
+        // > receiving endpoint MUST _Fail the WebSocket Connection_.
+        if header.rsv != 0 {
+            return Err(protocol_error("reserved bits set"));
+        }
+        // > RFC 6455 §5.2: If an unknown opcode is received, the receiving endpoint MUST _Fail
+        // > the WebSocket Connection_.
+        let Some(opcode) = OpCode::from_u8(header.opcode) else {
+            return Err(protocol_error("reserved opcode"));
+        };
+        // > RFC 6455 §5.1: The server MUST close the connection upon receiving a frame that is
+        // > not masked.
+        let Some(mask) = header.mask else {
+            return Err(protocol_error("client frame not masked"));
+        };
+
+        if opcode.is_control() {
+            // > RFC 6455 §5.5: All control frames MUST have a payload length of 125 bytes or less
+            // > and MUST NOT be fragmented.
+            if !header.fin {
+                return Err(protocol_error("fragmented control frame"));
+            }
+            if header.payload_len > CONTROL_PAYLOAD_BYTES_MAX as u64 {
+                return Err(protocol_error("control frame payload too long"));
+            }
+            // Control frames may arrive in the middle of a fragmented message (§5.4) and have
+            // their own buffer, so the partial data message is left untouched.
+            self.control_bytes.clear();
+        } else {
+            match (opcode, self.message_kind) {
+                // > RFC 6455 §5.4: [...] a fragmented message consists of a single frame with the
+                // > FIN bit clear and an opcode other than 0, followed by zero or more frames with
+                // > the FIN bit clear and the opcode set to 0, and terminated by a single frame
+                // > with the FIN bit set and an opcode of 0.
+                (OpCode::Continuation, None) => {
+                    return Err(protocol_error("continuation frame without a message"));
+                }
+                (OpCode::Continuation, Some(_)) => {}
+                (_, Some(_)) => {
+                    return Err(protocol_error("new data frame inside a fragmented message"));
+                }
+                (OpCode::Text, None) => self.start_message(DataKind::Text),
+                (_, None) => self.start_message(DataKind::Binary),
+            }
+            // Checked against the header, before any byte of the payload is buffered.
+            let message_len_after = (self.message_bytes.len() as u64)
+                .saturating_add(header.payload_len);
+            if message_len_after > self.message_bytes_max as u64 {
+                return Err(CodecError { code: CLOSE_TOO_BIG, reason: "message too big" });
+            }
+            let reserve = header.payload_len.min(PAYLOAD_RESERVE_BYTES_MAX) as usize;
+            self.message_bytes.reserve(reserve);
+        }
+
+        self.read_state = ReadState::Payload(PayloadProgress {
+            opcode,
+            fin: header.fin,
+            mask,
+            received: 0,
+            remaining: header.payload_len,
+        });
+        Ok(())
+    }
+
+    fn start_message(&mut self, kind: DataKind) {
+        self.message_kind = Some(kind);
+        self.message_bytes.clear();
+        self.message_utf8 = Utf8Validator::new();
+    }
+
+    /// Moves up to `progress.remaining` payload bytes from `rest` into the decoder, unmasking them
+    /// and validating text as it goes. Returns the bytes consumed.
+    fn read_payload(&mut self, progress: PayloadProgress, rest: &[u8]) -> Result<usize, CodecError> {
+        let take = usize::try_from(progress.remaining)
+            .unwrap_or(usize::MAX)
+            .min(rest.len());
+        let chunk = rest.get(..take).unwrap_or_default();
+        let is_control = progress.opcode.is_control();
+        let target = if is_control {
+            &mut self.control_bytes
+        } else {
+            &mut self.message_bytes
+        };
+        let start = target.len();
+        target.extend_from_slice(chunk);
+        let arrived = target.get_mut(start..).unwrap_or_default();
+        apply_mask(arrived, progress.mask, progress.received);
+        if !is_control && self.message_kind == Some(DataKind::Text) {
+            // Fail fast: an invalid sequence is refused in the fragment where it appears
+            // (Autobahn 6.4.x), not when the message completes.
+            self.message_utf8
+                .feed(arrived)
+                .map_err(|InvalidUtf8| invalid_data("invalid UTF-8 in text message"))?;
+        }
+        self.read_state = ReadState::Payload(PayloadProgress {
+            received: progress.received + take as u64,
+            remaining: progress.remaining - take as u64,
+            ..progress
+        });
+        Ok(take)
+    }
+
+    /// Called when a frame's payload is complete; returns the message it completed, if any.
+    fn finish_frame(&mut self, progress: PayloadProgress) -> Result<Option<Message>, CodecError> {
+        match progress.opcode {
+            OpCode::Ping => Ok(Some(Message::Ping(std::mem::take(&mut self.control_bytes)))),
+            OpCode::Pong => Ok(Some(Message::Pong(std::mem::take(&mut self.control_bytes)))),
+            OpCode::Close => {
+                let payload = std::mem::take(&mut self.control_bytes);
+                Ok(Some(Message::Close(parse_close_payload(payload)?)))
+            }
+            OpCode::Continuation | OpCode::Text | OpCode::Binary => {
+                if !progress.fin {
+                    return Ok(None);
+                }
+                let bytes = std::mem::take(&mut self.message_bytes);
+                match self.message_kind.take() {
+                    Some(DataKind::Text) => {
+                        self.message_utf8
+                            .finish()
+                            .map_err(|InvalidUtf8| invalid_data("text message ends inside a character"))?;
+                        Ok(Some(Message::Text(bytes)))
+                    }
+                    Some(DataKind::Binary) => Ok(Some(Message::Binary(bytes))),
+                    // begin_frame refuses a data frame without a message; keep the bytes out.
+                    None => Err(protocol_error("continuation frame without a message")),
+                }
+            }
+        }
     }
 }
 
+/// Reads a close frame payload: empty, or a two-byte code followed by a UTF-8 reason.
+///
+/// > RFC 6455 §5.5.1: If there is a body, the first two bytes of the body MUST be a 2-byte
+/// > unsigned integer (in network byte order) representing a status code [...]. Following the
+/// > 2-byte integer, the body MAY contain UTF-8-encoded data with value /reason/
+fn parse_close_payload(payload: Vec<u8>) -> Result<Option<(u16, String)>, CodecError> {
+    let Some((&[high, low], reason)) = payload.split_first_chunk::<2>() else {
+        return if payload.is_empty() {
+            Ok(None)
+        } else {
+            Err(protocol_error("close payload of one byte"))
+        };
+    };
+    let code = u16::from_be_bytes([high, low]);
+    if !is_valid_close_code(code) {
+        return Err(protocol_error("invalid close code"));
+    }
+    let reason = std::str::from_utf8(reason)
+        .map_err(|_| invalid_data("close reason is not UTF-8"))?
+        .to_owned();
+    Ok(Some((code, reason)))
+}
+
 /// True when a close code received from a peer is valid on the wire (RFC 6455 §7.4).
+///
+/// 1000-1003 and 1007-1011 are defined by RFC 6455 §7.4.1; 1012-1014 are registered with IANA
+/// (service restart, try again later, bad gateway). 1004 is reserved, and 1005, 1006 and 1015
+/// "MUST NOT be set as a status code in a Close control frame by an endpoint". 3000-3999 are for
+/// libraries and frameworks, 4000-4999 for private use. Everything else is unassigned.
 pub fn is_valid_close_code(code: u16) -> bool {
-    todo!("helper {code}")
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Appends a whole unmasked server frame (FIN set) to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: crate::ws::frame::OpCode, payload: &[u8]) {
-    todo!("helper {opcode:?} {} {}", out.len(), payload.len())
+    let mut head = [0u8; 10];
+    let head_len = server_head(opcode, payload.len(), &mut head);
+    out.reserve(head_len + payload.len());
+    out.extend_from_slice(head.get(..head_len).unwrap_or_default());
+    out.extend_from_slice(payload);
 }
 
 /// Appends a server close frame with `code` and `reason` (reason truncated to fit 123 bytes on a
 /// character boundary).
 pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
-    todo!("helper {} {code} {reason}", out.len())
+    let mut reason_len = reason.len().min(CLOSE_REASON_BYTES_MAX);
+    while !reason.is_char_boundary(reason_len) {
+        reason_len -= 1;
+    }
+    let reason_bytes = reason.as_bytes().get(..reason_len).unwrap_or_default();
+    let mut head = [0u8; 10];
+    let head_len = server_head(OpCode::Close, 2 + reason_bytes.len(), &mut head);
+    out.reserve(head_len + 2 + reason_bytes.len());
+    out.extend_from_slice(head.get(..head_len).unwrap_or_default());
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(reason_bytes);
 }
