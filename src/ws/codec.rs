@@ -53,11 +53,17 @@ pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
 const PAYLOAD_RESERVE_BYTES_MAX: u64 = 64 * 1024;
 
 const fn protocol_error(reason: &'static str) -> CodecError {
-    CodecError { code: CLOSE_PROTOCOL_ERROR, reason }
+    CodecError {
+        code: CLOSE_PROTOCOL_ERROR,
+        reason,
+    }
 }
 
 const fn invalid_data(reason: &'static str) -> CodecError {
-    CodecError { code: CLOSE_INVALID_DATA, reason }
+    CodecError {
+        code: CLOSE_INVALID_DATA,
+        reason,
+    }
 }
 
 /// The kind of the data message being assembled across fragments.
@@ -248,7 +254,10 @@ impl Decoder {
         ) {
             target.copy_from_slice(source);
         }
-        let available = self.header_bytes.get(..already + copied).unwrap_or_default();
+        let available = self
+            .header_bytes
+            .get(..already + copied)
+            .unwrap_or_default();
         match FrameHeader::parse(available) {
             Err(_) => Err(protocol_error("malformed frame length")),
             Ok(None) => {
@@ -314,10 +323,13 @@ impl Decoder {
                 (_, None) => self.start_message(DataKind::Binary),
             }
             // Checked against the header, before any byte of the payload is buffered.
-            let message_len_after = (self.message_bytes.len() as u64)
-                .saturating_add(header.payload_len);
+            let message_len_after =
+                (self.message_bytes.len() as u64).saturating_add(header.payload_len);
             if message_len_after > self.message_bytes_max as u64 {
-                return Err(CodecError { code: CLOSE_TOO_BIG, reason: "message too big" });
+                return Err(CodecError {
+                    code: CLOSE_TOO_BIG,
+                    reason: "message too big",
+                });
             }
             let reserve = header.payload_len.min(PAYLOAD_RESERVE_BYTES_MAX) as usize;
             self.message_bytes.reserve(reserve);
@@ -341,7 +353,11 @@ impl Decoder {
 
     /// Moves up to `progress.remaining` payload bytes from `rest` into the decoder, unmasking them
     /// and validating text as it goes. Returns the bytes consumed.
-    fn read_payload(&mut self, progress: PayloadProgress, rest: &[u8]) -> Result<usize, CodecError> {
+    fn read_payload(
+        &mut self,
+        progress: PayloadProgress,
+        rest: &[u8],
+    ) -> Result<usize, CodecError> {
         let take = usize::try_from(progress.remaining)
             .unwrap_or(usize::MAX)
             .min(rest.len());
@@ -387,9 +403,9 @@ impl Decoder {
                 let bytes = std::mem::take(&mut self.message_bytes);
                 match self.message_kind.take() {
                     Some(DataKind::Text) => {
-                        self.message_utf8
-                            .finish()
-                            .map_err(|InvalidUtf8| invalid_data("text message ends inside a character"))?;
+                        self.message_utf8.finish().map_err(|InvalidUtf8| {
+                            invalid_data("text message ends inside a character")
+                        })?;
                         Ok(Some(Message::Text(bytes)))
                     }
                     Some(DataKind::Binary) => Ok(Some(Message::Binary(bytes))),
@@ -457,4 +473,467 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(head.get(..head_len).unwrap_or_default());
     out.extend_from_slice(&code.to_be_bytes());
     out.extend_from_slice(reason_bytes);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x3A, 0x91, 0x07, 0xC4];
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        raw_frame(fin, 0, opcode, Some(MASK), payload)
+    }
+
+    fn raw_frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+        let header = FrameHeader {
+            fin,
+            rsv,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        let mut head = [0u8; 14];
+        let head_len = header.format(&mut head);
+        let mut frame = head[..head_len].to_vec();
+        let start = frame.len();
+        frame.extend_from_slice(payload);
+        if let Some(mask) = mask {
+            apply_mask(&mut frame[start..], mask, 0);
+        }
+        frame
+    }
+
+    fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        payload
+    }
+
+    /// Feeds `bytes` in pieces of `piece` bytes, collecting messages until the first error.
+    fn decode_in_pieces(
+        limit: usize,
+        bytes: &[u8],
+        piece: usize,
+    ) -> Result<Vec<Message>, CodecError> {
+        let mut decoder = Decoder::new(limit);
+        let mut messages = Vec::new();
+        for chunk in bytes.chunks(piece.max(1)) {
+            let mut offset = 0;
+            loop {
+                let (consumed, message) = decoder.decode(&chunk[offset..])?;
+                assert!(consumed <= chunk.len() - offset);
+                assert!(decoder.buffered_bytes() <= limit);
+                offset += consumed;
+                match message {
+                    Some(message) => {
+                        assert!(consumed > 0, "a message must consume bytes");
+                        messages.push(message);
+                    }
+                    None => {
+                        assert_eq!(
+                            offset,
+                            chunk.len(),
+                            "without a message all input is consumed"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Decodes whole, byte by byte and in a few odd piece sizes; all must agree.
+    fn decode_every_way(limit: usize, bytes: &[u8]) -> Result<Vec<Message>, CodecError> {
+        let whole = decode_in_pieces(limit, bytes, bytes.len());
+        for piece in [1, 2, 3, 7, 13] {
+            assert_eq!(
+                decode_in_pieces(limit, bytes, piece),
+                whole,
+                "piece size {piece}"
+            );
+        }
+        whole
+    }
+
+    fn concat(frames: &[Vec<u8>]) -> Vec<u8> {
+        frames.concat()
+    }
+
+    fn error_code(result: Result<Vec<Message>, CodecError>) -> u16 {
+        match result {
+            Ok(messages) => panic!("expected an error, decoded {messages:?}"),
+            Err(error) => error.code,
+        }
+    }
+
+    #[test]
+    fn valid_streams_decode_the_same_in_any_split() {
+        let euro = "€".as_bytes(); // E2 82 AC
+        let cases: Vec<(&str, Vec<u8>, Vec<Message>)> = vec![
+            (
+                "single text",
+                client_frame(true, 1, b"Hello"),
+                vec![Message::Text(b"Hello".to_vec())],
+            ),
+            (
+                "single binary with 16-bit length",
+                client_frame(true, 2, &[7u8; 300]),
+                vec![Message::Binary(vec![7u8; 300])],
+            ),
+            (
+                "empty text and empty binary",
+                concat(&[client_frame(true, 1, b""), client_frame(true, 2, b"")]),
+                vec![Message::Text(vec![]), Message::Binary(vec![])],
+            ),
+            (
+                "fragmented text with a code point split across frames and a ping in between",
+                concat(&[
+                    client_frame(false, 1, &[b'a', euro[0]]),
+                    client_frame(true, 9, b"ping"),
+                    client_frame(false, 0, &euro[1..2]),
+                    client_frame(false, 0, b""),
+                    client_frame(true, 0, &[euro[2], b'z']),
+                ]),
+                vec![
+                    Message::Ping(b"ping".to_vec()),
+                    Message::Text("a€z".as_bytes().to_vec()),
+                ],
+            ),
+            (
+                "fragmented binary with a pong in between, then a text",
+                concat(&[
+                    client_frame(false, 2, &[1, 2]),
+                    client_frame(true, 10, b""),
+                    client_frame(true, 0, &[3]),
+                    client_frame(true, 1, b"next"),
+                ]),
+                vec![
+                    Message::Pong(vec![]),
+                    Message::Binary(vec![1, 2, 3]),
+                    Message::Text(b"next".to_vec()),
+                ],
+            ),
+            (
+                "close frames",
+                concat(&[
+                    client_frame(true, 8, b""),
+                    client_frame(true, 8, &close_payload(1000, b"bye")),
+                    client_frame(true, 8, &close_payload(4999, "ü".as_bytes())),
+                ]),
+                vec![
+                    Message::Close(None),
+                    Message::Close(Some((1000, "bye".to_owned()))),
+                    Message::Close(Some((4999, "ü".to_owned()))),
+                ],
+            ),
+            (
+                "control frame of exactly 125 bytes",
+                client_frame(true, 9, &[b'x'; 125]),
+                vec![Message::Ping(vec![b'x'; 125])],
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            assert_eq!(decode_every_way(1 << 16, &bytes), Ok(expected), "{name}");
+        }
+    }
+
+    #[test]
+    fn protocol_rules_are_enforced() {
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            (
+                "unmasked client frame",
+                raw_frame(true, 0, 1, None, b"hi"),
+                1002,
+            ),
+            (
+                "rsv1 set",
+                raw_frame(true, 0b100, 1, Some(MASK), b"hi"),
+                1002,
+            ),
+            (
+                "rsv3 set on a ping",
+                raw_frame(true, 0b001, 9, Some(MASK), b""),
+                1002,
+            ),
+            ("reserved opcode 3", client_frame(true, 3, b""), 1002),
+            ("reserved opcode 7", client_frame(true, 7, b""), 1002),
+            ("reserved opcode 0xB", client_frame(true, 0xB, b""), 1002),
+            ("reserved opcode 0xF", client_frame(true, 0xF, b"x"), 1002),
+            ("ping of 126 bytes", client_frame(true, 9, &[0; 126]), 1002),
+            (
+                "close of 126 bytes",
+                client_frame(true, 8, &close_payload(1000, &[b'a'; 124])),
+                1002,
+            ),
+            ("fragmented ping", client_frame(false, 9, b""), 1002),
+            ("fragmented close", client_frame(false, 8, b""), 1002),
+            (
+                "continuation without a message",
+                client_frame(true, 0, b"x"),
+                1002,
+            ),
+            (
+                "continuation after a finished message",
+                concat(&[client_frame(true, 2, b"x"), client_frame(true, 0, b"y")]),
+                1002,
+            ),
+            (
+                "text inside a fragmented text",
+                concat(&[client_frame(false, 1, b"a"), client_frame(true, 1, b"b")]),
+                1002,
+            ),
+            (
+                "binary inside a fragmented text",
+                concat(&[client_frame(false, 1, b"a"), client_frame(true, 2, b"b")]),
+                1002,
+            ),
+            (
+                "non-minimal 16-bit length",
+                vec![0x82, 0xFE, 0, 5, 1, 2, 3, 4],
+                1002,
+            ),
+            (
+                "64-bit length with the high bit",
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                1002,
+            ),
+            (
+                "invalid UTF-8 text",
+                client_frame(true, 1, &[b'a', 0xFF]),
+                1007,
+            ),
+            (
+                "surrogate in text",
+                client_frame(true, 1, &[0xED, 0xA0, 0x80]),
+                1007,
+            ),
+            (
+                "text ends inside a character",
+                client_frame(true, 1, &[b'a', 0xE2, 0x82]),
+                1007,
+            ),
+            (
+                "fragmented text ends inside a character",
+                concat(&[
+                    client_frame(false, 1, b"a"),
+                    client_frame(true, 0, &[0xF0, 0x9F]),
+                ]),
+                1007,
+            ),
+            ("close with one byte", client_frame(true, 8, &[3]), 1002),
+            (
+                "close reason not UTF-8",
+                client_frame(true, 8, &close_payload(1000, &[0xC0])),
+                1007,
+            ),
+        ];
+        for (name, bytes, code) in cases {
+            assert_eq!(
+                error_code(decode_every_way(1 << 16, &bytes)),
+                code,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_codes() {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
+        ] {
+            assert!(is_valid_close_code(code), "{code}");
+            let bytes = client_frame(true, 8, &close_payload(code, b"r"));
+            assert_eq!(
+                decode_every_way(1 << 16, &bytes),
+                Ok(vec![Message::Close(Some((code, "r".to_owned())))])
+            );
+        }
+        // Autobahn 7.9.x and the codes RFC 6455 §7.4.1 forbids on the wire.
+        for code in [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            1100,
+            2000,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            assert!(!is_valid_close_code(code), "{code}");
+            let bytes = client_frame(true, 8, &close_payload(code, b""));
+            assert_eq!(
+                error_code(decode_every_way(1 << 16, &bytes)),
+                1002,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_limit_is_checked_at_the_header() {
+        let limit = 16;
+        assert_eq!(
+            decode_every_way(limit, &client_frame(true, 2, &[0; 16])),
+            Ok(vec![Message::Binary(vec![0; 16])])
+        );
+        assert_eq!(
+            error_code(decode_every_way(limit, &client_frame(true, 2, &[0; 17]))),
+            1009
+        );
+        let fragmented = concat(&[
+            client_frame(false, 1, &[b'a'; 10]),
+            client_frame(true, 0, &[b'a'; 7]),
+        ]);
+        assert_eq!(error_code(decode_every_way(limit, &fragmented)), 1009);
+        // Control frames do not count against the limit and do not disturb the partial message.
+        let with_ping = concat(&[
+            client_frame(false, 2, &[1; 10]),
+            client_frame(true, 9, &[2; 100]),
+            client_frame(true, 0, &[3; 6]),
+        ]);
+        let mut expected = vec![1; 10];
+        expected.extend_from_slice(&[3; 6]);
+        assert_eq!(
+            decode_every_way(limit, &with_ping),
+            Ok(vec![Message::Ping(vec![2; 100]), Message::Binary(expected)])
+        );
+        // Refused from the header alone: no payload byte is needed or buffered.
+        let mut decoder = Decoder::new(limit);
+        let huge_header = [0x82, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(decoder.decode(&huge_header).map_err(|e| e.code), Err(1009));
+        assert_eq!(decoder.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_inside_a_fragment() {
+        // A text frame announcing 1000 bytes; the invalid byte arrives long before the rest.
+        let payload: Vec<u8> = b"valid so far "
+            .iter()
+            .copied()
+            .chain([0xF4, 0x90]) // above U+10FFFF: impossible from its second byte
+            .chain(std::iter::repeat_n(b'x', 985))
+            .collect();
+        let frame = client_frame(false, 1, &payload);
+        let mut decoder = Decoder::new(1 << 16);
+        let head_len = 4 + 4;
+        let upto_bad = head_len + 13 + 2;
+        assert_eq!(
+            decoder.decode(&frame[..upto_bad - 1]),
+            Ok((upto_bad - 1, None))
+        );
+        let error = decoder.decode(&frame[upto_bad - 1..upto_bad]).unwrap_err();
+        assert_eq!(error.code, 1007);
+
+        // A lone continuation byte in a later fragment fails before that fragment ends.
+        let mut decoder = Decoder::new(1 << 16);
+        let first = client_frame(false, 1, "ok ".as_bytes());
+        assert_eq!(decoder.decode(&first), Ok((first.len(), None)));
+        let second = client_frame(true, 0, &[b'a', 0x80, b'b', b'c']);
+        assert_eq!(
+            decoder
+                .decode(&second[..second.len() - 2])
+                .map_err(|e| e.code),
+            Err(1007)
+        );
+    }
+
+    #[test]
+    fn utf8_validator_handles_every_split() {
+        let text = "aé€😀z".as_bytes();
+        for split_a in 0..=text.len() {
+            for split_b in split_a..=text.len() {
+                let mut validator = Utf8Validator::new();
+                validator.feed(&text[..split_a]).unwrap();
+                validator.feed(&text[split_a..split_b]).unwrap();
+                validator.feed(&text[split_b..]).unwrap();
+                validator.finish().unwrap();
+            }
+        }
+        let mut validator = Utf8Validator::new();
+        validator.feed(&[0xF0, 0x9F]).unwrap();
+        assert_eq!(validator.feed(&[0x41]), Err(InvalidUtf8));
+        let mut validator = Utf8Validator::new();
+        validator.feed(&[0xF0]).unwrap();
+        assert_eq!(validator.finish(), Err(InvalidUtf8));
+        // Overlong and out-of-range lead bytes are refused on their own.
+        for bad in [[0xC0u8], [0xC1], [0xF5], [0xFF]] {
+            assert_eq!(Utf8Validator::new().feed(&bad), Err(InvalidUtf8), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn partial_frames_are_consumed_and_counted() {
+        let mut decoder = Decoder::new(1 << 16);
+        let frame = client_frame(false, 2, &[9; 50]);
+        assert_eq!(decoder.decode(&frame[..1]), Ok((1, None)));
+        assert_eq!(decoder.decode(&frame[1..20]), Ok((19, None)));
+        assert_eq!(decoder.buffered_bytes(), 20 - 6);
+        assert_eq!(decoder.decode(&frame[20..]), Ok((frame.len() - 20, None)));
+        assert_eq!(decoder.buffered_bytes(), 50);
+        // Two messages in one buffer: the first call stops after the first.
+        let both = concat(&[client_frame(true, 0, b""), client_frame(true, 1, b"x")]);
+        let first_len = 6;
+        assert_eq!(
+            decoder.decode(&both),
+            Ok((first_len, Some(Message::Binary(vec![9; 50]))))
+        );
+        assert_eq!(decoder.buffered_bytes(), 0);
+        assert_eq!(
+            decoder.decode(&both[first_len..]),
+            Ok((both.len() - first_len, Some(Message::Text(b"x".to_vec()))))
+        );
+        assert_eq!(decoder.decode(&[]), Ok((0, None)));
+    }
+
+    #[test]
+    fn encoded_frames() {
+        let mut out = Vec::new();
+        encode_frame(&mut out, OpCode::Text, b"hi");
+        assert_eq!(out, [0x81, 2, b'h', b'i']);
+        out.clear();
+        encode_frame(&mut out, OpCode::Binary, &[0; 70_000]);
+        assert_eq!(out[..10], [0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(out.len(), 70_010);
+
+        out.clear();
+        encode_close(&mut out, 1000, "bye");
+        assert_eq!(out, [0x88, 5, 0x03, 0xE8, b'b', b'y', b'e']);
+
+        // 200 two-byte characters: 123 bytes would split one, so 122 are kept.
+        let long_reason = "é".repeat(200);
+        out.clear();
+        encode_close(&mut out, 1001, &long_reason);
+        assert_eq!(out[1] as usize, 2 + 122);
+        assert_eq!(out.len(), 2 + 2 + 122);
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+        out.clear();
+        encode_close(&mut out, 1001, &"a".repeat(500));
+        assert_eq!(out[1] as usize, CONTROL_PAYLOAD_BYTES_MAX);
+    }
+
+    #[test]
+    fn encoded_frames_decode_when_masked() {
+        // What the server writes is what a client would send, less the mask.
+        let mut out = Vec::new();
+        encode_close(&mut out, 1000, &"ß".repeat(100));
+        let (header, head_len) = FrameHeader::parse(&out).unwrap().unwrap();
+        let client = raw_frame(
+            header.fin,
+            header.rsv,
+            header.opcode,
+            Some(MASK),
+            &out[head_len..],
+        );
+        let messages = decode_every_way(1 << 16, &client).unwrap();
+        assert_eq!(messages, vec![Message::Close(Some((1000, "ß".repeat(61))))]);
+    }
 }

@@ -191,10 +191,38 @@ fn write_length(first_byte: u8, mask_flag: u8, payload_len: u64, out: &mut [u8])
         ([first_byte, mask_flag | length7, 0, 0, 0, 0, 0, 0, 0, 0], 2)
     } else if let Ok(len16) = u16::try_from(payload_len) {
         let [high, low] = len16.to_be_bytes();
-        ([first_byte, mask_flag | LENGTH7_MEANS_16_BIT, high, low, 0, 0, 0, 0, 0, 0], 4)
+        (
+            [
+                first_byte,
+                mask_flag | LENGTH7_MEANS_16_BIT,
+                high,
+                low,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+            4,
+        )
     } else {
         let [b0, b1, b2, b3, b4, b5, b6, b7] = payload_len.to_be_bytes();
-        ([first_byte, mask_flag | LENGTH7_MEANS_64_BIT, b0, b1, b2, b3, b4, b5, b6, b7], 10)
+        (
+            [
+                first_byte,
+                mask_flag | LENGTH7_MEANS_64_BIT,
+                b0,
+                b1,
+                b2,
+                b3,
+                b4,
+                b5,
+                b6,
+                b7,
+            ],
+            10,
+        )
     };
     let fitting = used.min(out.len());
     if let (Some(target), Some(source)) = (out.get_mut(..fitting), scratch.get(..fitting)) {
@@ -243,10 +271,18 @@ mod tests {
         let mut out = [0u8; 14];
         let n = header.format(&mut out);
         let bytes = out[..n].to_vec();
-        assert_eq!(FrameHeader::parse(&bytes), Ok(Some((header, n))), "{header:?}");
+        assert_eq!(
+            FrameHeader::parse(&bytes),
+            Ok(Some((header, n))),
+            "{header:?}"
+        );
         // Every strict prefix is incomplete, never an error and never a header.
         for cut in 0..n {
-            assert_eq!(FrameHeader::parse(&bytes[..cut]), Ok(None), "{header:?} cut {cut}");
+            assert_eq!(
+                FrameHeader::parse(&bytes[..cut]),
+                Ok(None),
+                "{header:?} cut {cut}"
+            );
         }
         bytes
     }
@@ -264,7 +300,13 @@ mod tests {
         for (payload_len, unmasked_len) in cases {
             for mask in [None, Some([1, 2, 3, 4])] {
                 for (fin, rsv, opcode) in [(true, 0, 1), (false, 5, 0), (true, 7, 0xF)] {
-                    let header = FrameHeader { fin, rsv, opcode, mask, payload_len };
+                    let header = FrameHeader {
+                        fin,
+                        rsv,
+                        opcode,
+                        mask,
+                        payload_len,
+                    };
                     let bytes = round_trip(header);
                     let expected = unmasked_len + if mask.is_some() { 4 } else { 0 };
                     assert_eq!(bytes.len(), expected, "{header:?}");
@@ -284,7 +326,9 @@ mod tests {
     #[test]
     fn parse_reads_known_bytes() {
         // A masked "Hello" text frame from RFC 6455 §5.7.
-        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (header, n) = FrameHeader::parse(&bytes).unwrap().unwrap();
         assert_eq!(n, 6);
         assert_eq!(
@@ -307,10 +351,19 @@ mod tests {
         let cases: [(&[u8], FrameError); 5] = [
             (&[0x82, 126, 0, 125], FrameError::NonMinimalLength),
             (&[0x82, 126, 0, 0], FrameError::NonMinimalLength),
-            (&[0x82, 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF], FrameError::NonMinimalLength),
-            (&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0], FrameError::LengthHighBit),
+            (
+                &[0x82, 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF],
+                FrameError::NonMinimalLength,
+            ),
+            (
+                &[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                FrameError::LengthHighBit,
+            ),
             // Refused before the masking key arrives.
-            (&[0x82, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0], FrameError::LengthHighBit),
+            (
+                &[0x82, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0],
+                FrameError::LengthHighBit,
+            ),
         ];
         for (bytes, expected) in cases {
             assert_eq!(FrameHeader::parse(bytes), Err(expected), "{bytes:?}");
