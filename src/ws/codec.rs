@@ -937,3 +937,365 @@ mod tests {
         assert_eq!(messages, vec![Message::Close(Some((1000, "ß".repeat(61))))]);
     }
 }
+
+/// The fuzz targets' properties (`tests/fuzz/fuzz_targets/ws_frame.rs` and `ws_codec_server.rs`),
+/// replayed on stable over the committed seeds. Kept in step with the targets by hand: the targets
+/// stay self-contained so that `cargo fuzz` needs nothing from the test build.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod fuzz_seeds {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    const FRAME_SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/seeds/ws_frame");
+    const CODEC_SEEDS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fuzz/seeds/ws_codec_server"
+    );
+    const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+    /// The header length announced by the second header byte: fixed part, extended length, key.
+    fn announced_header_len(second: u8) -> usize {
+        let extended = match second & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        2 + extended + mask
+    }
+
+    /// Same as the `ws_frame` fuzz target.
+    fn frame_property(data: &[u8]) {
+        match FrameHeader::parse(data) {
+            Ok(Some((header, consumed))) => {
+                assert!(consumed <= data.len());
+                let mut out = [0u8; 14];
+                let written = header.format(&mut out);
+                assert_eq!(
+                    &out[..written],
+                    &data[..consumed],
+                    "format must reproduce the input"
+                );
+            }
+            Ok(None) => {
+                if let [_, second, ..] = *data {
+                    assert!(data.len() < announced_header_len(second));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Same as the `ws_codec_server` fuzz target. Returns the messages decoded and whether the
+    /// stream ended in an error, so the seeds can be checked to cover both outcomes.
+    fn codec_property(data: &[u8]) -> (usize, bool) {
+        let Some((&selector, stream)) = data.split_first() else {
+            return (0, false);
+        };
+        let piece = if selector == 0 {
+            stream.len().max(1)
+        } else {
+            usize::from(selector)
+        };
+        let mut decoder = Decoder::new(MESSAGE_BYTES_MAX);
+        let mut messages = 0;
+        for chunk in stream.chunks(piece) {
+            let mut offset = 0;
+            loop {
+                let rest = &chunk[offset..];
+                let Ok((consumed, message)) = decoder.decode(rest) else {
+                    return (messages, true);
+                };
+                assert!(consumed <= rest.len(), "consumed more than the input");
+                assert!(
+                    decoder.buffered_bytes() <= MESSAGE_BYTES_MAX,
+                    "partial message above the limit"
+                );
+                offset += consumed;
+                if message.is_none() || consumed == 0 {
+                    break;
+                }
+                messages += 1;
+            }
+        }
+        (messages, false)
+    }
+
+    fn seed_files(directory: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(directory)
+            .unwrap_or_else(|error| panic!("seed directory {directory}: {error}"))
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.is_file())
+            .map(|path| {
+                let bytes = std::fs::read(&path).unwrap();
+                (path, bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn fuzz_seeds_ws() {
+        let frame_seeds = seed_files(FRAME_SEEDS);
+        assert!(
+            frame_seeds.len() >= 15,
+            "too few ws_frame seeds: {}",
+            frame_seeds.len()
+        );
+        for (path, bytes) in &frame_seeds {
+            eprintln!("ws_frame seed {}", path.display());
+            frame_property(bytes);
+        }
+        let codec_seeds = seed_files(CODEC_SEEDS);
+        assert!(
+            codec_seeds.len() >= 15,
+            "too few ws_codec_server seeds: {}",
+            codec_seeds.len()
+        );
+        let (mut clean, mut failed) = (0, 0);
+        for (path, bytes) in &codec_seeds {
+            eprintln!("ws_codec_server seed {}", path.display());
+            let (_, error) = codec_property(bytes);
+            if error {
+                failed += 1;
+            } else {
+                clean += 1;
+            }
+        }
+        assert!(
+            clean > 0 && failed > 0,
+            "seeds should cover clean streams and errors"
+        );
+    }
+
+    // ---- Seed generation: `cargo test --lib write_fuzz_seeds_ws -- --ignored` rewrites them. ----
+
+    const MASK: [u8; 4] = [0x5D, 0x12, 0xE9, 0x70];
+
+    fn frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+        let header = FrameHeader {
+            fin,
+            rsv,
+            opcode,
+            mask,
+            payload_len: payload.len() as u64,
+        };
+        let mut head = [0u8; 14];
+        let head_len = header.format(&mut head);
+        let mut bytes = head[..head_len].to_vec();
+        let start = bytes.len();
+        bytes.extend_from_slice(payload);
+        if let Some(mask) = mask {
+            apply_mask(&mut bytes[start..], mask, 0);
+        }
+        bytes
+    }
+
+    fn client(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        frame(fin, 0, opcode, Some(MASK), payload)
+    }
+
+    fn close(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        client(true, 8, &payload)
+    }
+
+    fn header_only(payload_len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode: 2,
+            mask,
+            payload_len,
+        };
+        let mut head = [0u8; 14];
+        let head_len = header.format(&mut head);
+        head[..head_len].to_vec()
+    }
+
+    /// Deterministic junk (xorshift), so regenerating gives the same files.
+    fn junk(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed.max(1);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    fn with_selector(selector: u8, frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = vec![selector];
+        bytes.extend(frames.concat());
+        bytes
+    }
+
+    fn write_seeds(directory: &Path, seeds: &[(&str, Vec<u8>)]) {
+        std::fs::create_dir_all(directory).unwrap();
+        for (name, bytes) in seeds {
+            std::fs::write(directory.join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    #[ignore = "rewrites the committed seed files"]
+    fn write_fuzz_seeds_ws() {
+        let euro = "€".as_bytes();
+        let frame_seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("one_byte", vec![0x81]),
+            ("len0_unmasked", header_only(0, None)),
+            ("len0_masked", header_only(0, Some(MASK))),
+            ("len125_masked", header_only(125, Some(MASK))),
+            ("len126_masked", header_only(126, Some(MASK))),
+            ("len65535_unmasked", header_only(65535, None)),
+            ("len65536_masked", header_only(65536, Some(MASK))),
+            ("len2pow32_masked", header_only(1 << 32, Some(MASK))),
+            ("len_max_masked", header_only((1 << 63) - 1, Some(MASK))),
+            ("truncated_mask", header_only(5, Some(MASK))[..4].to_vec()),
+            ("truncated_len64", header_only(1 << 20, None)[..6].to_vec()),
+            (
+                "len64_high_bit",
+                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+            ),
+            ("non_minimal_len16", vec![0x82, 0x7E, 0, 100]),
+            (
+                "non_minimal_len64",
+                vec![0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 1, 2, 3, 4],
+            ),
+            (
+                "rsv_and_reserved_opcode",
+                frame(false, 7, 0xB, Some(MASK), b"abc"),
+            ),
+            (
+                "hello_rfc_example",
+                vec![
+                    0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+                ],
+            ),
+            ("junk_a", junk(1, 14)),
+            ("junk_b", junk(2, 40)),
+        ];
+        let codec_seeds: Vec<(&str, Vec<u8>)> = vec![
+            ("text_whole", with_selector(0, &[client(true, 1, b"Hello")])),
+            (
+                "text_bytewise",
+                with_selector(1, &[client(true, 1, b"Hello, world")]),
+            ),
+            (
+                "binary_len16",
+                with_selector(7, &[client(true, 2, &junk(3, 300))]),
+            ),
+            (
+                "fragmented_text_split_code_point_with_ping",
+                with_selector(
+                    3,
+                    &[
+                        client(false, 1, &[b'a', euro[0]]),
+                        client(true, 9, b"ping"),
+                        client(false, 0, &euro[1..2]),
+                        client(true, 0, &euro[2..]),
+                    ],
+                ),
+            ),
+            (
+                "fragmented_binary_with_pong",
+                with_selector(
+                    5,
+                    &[
+                        client(false, 2, &[1; 20]),
+                        client(true, 10, b"p"),
+                        client(true, 0, &[2; 20]),
+                    ],
+                ),
+            ),
+            ("close_empty", with_selector(0, &[client(true, 8, b"")])),
+            (
+                "close_normal_reason",
+                with_selector(2, &[close(1000, b"bye")]),
+            ),
+            ("close_one_byte", with_selector(0, &[client(true, 8, &[3])])),
+            ("close_code_1005", with_selector(0, &[close(1005, b"")])),
+            ("close_code_999", with_selector(0, &[close(999, b"x")])),
+            (
+                "close_reason_bad_utf8",
+                with_selector(1, &[close(1000, &[0xCE, 0xBA, 0xFF])]),
+            ),
+            (
+                "text_bad_utf8",
+                with_selector(0, &[client(true, 1, &[b'a', 0xFF, b'b'])]),
+            ),
+            (
+                "text_bad_utf8_fail_fast_partial",
+                with_selector(4, &[client(true, 1, &[0xF4, 0x90, 0x80])[..8].to_vec()]),
+            ),
+            (
+                "text_incomplete_code_point_at_end",
+                with_selector(
+                    0,
+                    &[client(false, 1, b"a"), client(true, 0, &[0xF0, 0x9F, 0x98])],
+                ),
+            ),
+            (
+                "unmasked_text",
+                with_selector(0, &[frame(true, 0, 1, None, b"hi")]),
+            ),
+            (
+                "rsv1_set",
+                with_selector(0, &[frame(true, 4, 1, Some(MASK), b"hi")]),
+            ),
+            (
+                "reserved_opcode",
+                with_selector(0, &[client(true, 0xB, b"")]),
+            ),
+            (
+                "ping_too_long",
+                with_selector(9, &[client(true, 9, &[0; 126])]),
+            ),
+            (
+                "ping_fragmented",
+                with_selector(0, &[client(false, 9, b"")]),
+            ),
+            (
+                "continuation_without_start",
+                with_selector(0, &[client(true, 0, b"x")]),
+            ),
+            (
+                "text_inside_fragmented_text",
+                with_selector(0, &[client(false, 1, b"a"), client(true, 1, b"b")]),
+            ),
+            (
+                "oversize_len64",
+                with_selector(0, &[header_only(1 << 40, Some(MASK))]),
+            ),
+            (
+                "just_over_limit",
+                with_selector(0, &[header_only(65537, Some(MASK))]),
+            ),
+            (
+                "len64_high_bit",
+                with_selector(
+                    0,
+                    &[vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]],
+                ),
+            ),
+            (
+                "non_minimal_len16",
+                with_selector(0, &[vec![0x82, 0xFE, 0, 1, 1, 2, 3, 4, 0]]),
+            ),
+            ("junk_a", junk(4, 64)),
+            ("junk_b", junk(5, 200)),
+            (
+                "junk_after_valid",
+                with_selector(0, &[client(true, 1, b"ok"), junk(6, 32)]),
+            ),
+        ];
+        write_seeds(Path::new(FRAME_SEEDS), &frame_seeds);
+        write_seeds(Path::new(CODEC_SEEDS), &codec_seeds);
+    }
+}
