@@ -1070,6 +1070,83 @@ mod fuzz_seeds {
         );
     }
 
+    /// Decodes a whole stream with `piece`-sized reads; the outcome must not depend on `piece`.
+    fn outcome(stream: &[u8], piece: usize) -> (Vec<Message>, Option<CodecError>) {
+        let mut decoder = Decoder::new(MESSAGE_BYTES_MAX);
+        let mut messages = Vec::new();
+        for chunk in stream.chunks(piece.max(1)) {
+            let mut offset = 0;
+            loop {
+                match decoder.decode(&chunk[offset..]) {
+                    Err(error) => return (messages, Some(error)),
+                    Ok((consumed, message)) => {
+                        offset += consumed;
+                        match message {
+                            Some(message) => messages.push(message),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        (messages, None)
+    }
+
+    /// A stable stand-in for a short fuzzing run: random mutations of every seed (flips,
+    /// truncations, insertions, splices) must keep both properties, and the decoder's outcome
+    /// must be the same whatever the read size. `WS_MUTATION_ROUNDS` (default 40) runs longer.
+    #[test]
+    fn mutated_seeds_keep_the_properties() {
+        let rounds: u32 = std::env::var("WS_MUTATION_ROUNDS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(40);
+        let mut seeds: Vec<Vec<u8>> = seed_files(FRAME_SEEDS)
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        seeds.extend(seed_files(CODEC_SEEDS).into_iter().map(|(_, b)| b));
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..rounds {
+            for seed in &seeds {
+                let mut input = seed.clone();
+                for _ in 0..1 + next() % 4 {
+                    let position = if input.is_empty() {
+                        0
+                    } else {
+                        (next() as usize) % input.len()
+                    };
+                    match next() % 4 {
+                        0 if !input.is_empty() => input[position] ^= 1 << (next() % 8),
+                        1 => input.truncate(position),
+                        2 => input.insert(position, next() as u8),
+                        _ => {
+                            let other = &seeds[(next() as usize) % seeds.len()];
+                            input.extend_from_slice(other);
+                        }
+                    }
+                }
+                frame_property(&input);
+                codec_property(&input);
+                let stream = input.get(1..).unwrap_or_default();
+                let whole = outcome(stream, stream.len());
+                for piece in [1, 2, 5] {
+                    assert_eq!(
+                        outcome(stream, piece),
+                        whole,
+                        "round {round} piece {piece} input {input:?}"
+                    );
+                }
+            }
+        }
+    }
+
     // ---- Seed generation: `cargo test --lib write_fuzz_seeds_ws -- --ignored` rewrites them. ----
 
     const MASK: [u8; 4] = [0x5D, 0x12, 0xE9, 0x70];
