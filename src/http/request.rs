@@ -21,7 +21,11 @@ pub struct HeadLimits {
 impl Default for HeadLimits {
     /// The gateway defaults (`GatewayConfig`): 100 headers, a 16 KiB head, an 8 KiB request line.
     fn default() -> Self {
-        HeadLimits { header_count_max: 100, header_bytes_max: 16 * 1024, request_line_bytes_max: 8 * 1024 }
+        HeadLimits {
+            header_count_max: 100,
+            header_bytes_max: 16 * 1024,
+            request_line_bytes_max: 8 * 1024,
+        }
     }
 }
 
@@ -89,7 +93,10 @@ pub struct RequestHead {
 impl RequestHead {
     /// First value of a header by lower-case name.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_slice())
     }
     /// First value of a header as UTF-8 text (None when absent or not UTF-8).
     pub fn header_str(&self, name: &str) -> Option<&str> {
@@ -171,7 +178,10 @@ const STACK_HEADERS: usize = 128;
 
 /// Parses a request head from the front of `buf`. `Ok(None)`: incomplete and within limits
 /// (nothing consumed). `Ok(Some((head, n)))`: the head took `n` bytes; the body follows.
-pub fn parse_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<(RequestHead, usize)>, RequestError> {
+pub fn parse_head(
+    buf: &[u8],
+    limits: &HeadLimits,
+) -> Result<Option<(RequestHead, usize)>, RequestError> {
     check_request_line_length(buf, limits.request_line_bytes_max)?;
 
     // httparse only ever sees the first `header_bytes_max` bytes: a head that does not end within
@@ -255,12 +265,18 @@ fn version_error(buf: &[u8]) -> RequestError {
         return RequestError::Malformed("invalid HTTP version");
     };
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let version = match line.iter().rposition(|&b| b == b' ') {
-        Some(sp) => line.get(sp + 1..).unwrap_or_default(),
-        None => return RequestError::Malformed("invalid HTTP version"),
+    // Exactly `method SP request-target SP HTTP-version`: with a third space ("GET /a b HTTP/2.0")
+    // the version is not where httparse looked, and the line is malformed rather than versioned.
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(_), Some(_), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return RequestError::Malformed("invalid request line");
     };
     match version {
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
             RequestError::UnsupportedVersion
         }
         _ => RequestError::Malformed("invalid HTTP version"),
@@ -286,14 +302,22 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 
 /// Trims optional whitespace (SP / HTAB) from both ends of a field value (RFC 9110 §5.5).
 fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
     v.get(start..end).unwrap_or_default()
 }
 
 /// Comma-separated list members, trimmed, empty members dropped (RFC 9110 §5.6.1).
 fn list_members(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(trim_ows).filter(|m| !m.is_empty())
+    v.split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|m| !m.is_empty())
 }
 
 /// `Content-Length = 1*DIGIT`, parsed by hand: `str::parse` would accept `+5`, and RFC 9112 §6.3
@@ -326,7 +350,8 @@ fn parse_content_length(v: &[u8]) -> Result<u64, RequestError> {
 /// only these bytes. An empty value is allowed (RFC 9112 §3.2: a target without authority is sent
 /// with "a Host header field with an empty field value").
 fn host_is_valid(v: &[u8]) -> bool {
-    v.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
+    v.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
 }
 
 /// The semantic checks of RFC 9112 on a syntactically valid head, and its framing.
@@ -397,7 +422,10 @@ fn check_head(
             }
             _ => {}
         }
-        headers.push(Header { name, value: value.to_vec() });
+        headers.push(Header {
+            name,
+            value: value.to_vec(),
+        });
     }
 
     let framing = match transfer_encoding {
@@ -416,7 +444,10 @@ fn check_head(
             if content_length.is_some() {
                 return Err(RequestError::ContentLengthWithTransferEncoding);
             }
-            let value = headers.get(index).map(|h| h.value.as_slice()).unwrap_or_default();
+            let value = headers
+                .get(index)
+                .map(|h| h.value.as_slice())
+                .unwrap_or_default();
             check_transfer_encoding(value)?;
             BodyFraming::Chunked
         }
@@ -477,7 +508,9 @@ fn check_transfer_encoding(value: &[u8]) -> Result<(), RequestError> {
         // chunked transfer coding is not the final encoding, the message body length cannot be
         // determined reliably; the server MUST respond with the 400 (Bad Request) status code and
         // then close the connection." An empty value has no final coding either.
-        _ => Err(RequestError::Malformed("chunked is not the final transfer coding")),
+        _ => Err(RequestError::Malformed(
+            "chunked is not the final transfer coding",
+        )),
     }
 }
 
@@ -514,12 +547,20 @@ pub struct ChunkedDecoder {
 
 impl ChunkedDecoder {
     pub fn new(body_bytes_max: usize) -> ChunkedDecoder {
-        ChunkedDecoder { body_bytes_max, state: ChunkState::Size, announced: 0 }
+        ChunkedDecoder {
+            body_bytes_max,
+            state: ChunkState::Size,
+            announced: 0,
+        }
     }
 
     /// Consumes bytes from the front of `input`, appending decoded body bytes to `body`. Returns
     /// how many bytes it consumed and whether the body (with its trailers) is complete.
-    pub fn decode(&mut self, input: &[u8], body: &mut Vec<u8>) -> Result<(usize, bool), RequestError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Result<(usize, bool), RequestError> {
         let mut pos = 0usize;
         loop {
             let rest = input.get(pos..).unwrap_or_default();
@@ -536,7 +577,10 @@ impl ChunkedDecoder {
                         // section, and finally terminated by an empty line."
                         self.state = ChunkState::Trailers(0);
                     } else {
-                        self.announced = self.announced.checked_add(size).ok_or(RequestError::BodyTooLarge)?;
+                        self.announced = self
+                            .announced
+                            .checked_add(size)
+                            .ok_or(RequestError::BodyTooLarge)?;
                         if self.announced > self.body_bytes_max as u64 {
                             return Err(RequestError::BodyTooLarge);
                         }
@@ -551,7 +595,11 @@ impl ChunkedDecoder {
                     body.extend_from_slice(rest.get(..take).unwrap_or_default());
                     pos += take;
                     let left = left - take as u64;
-                    self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
                 }
                 ChunkState::DataEnd => match rest {
                     // RFC 9112 §7.1: `chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF`;
@@ -648,6 +696,1048 @@ fn trailer_line_is_valid(line: &[u8]) -> bool {
     };
     let (name, value) = line.split_at(colon);
     !name.is_empty()
-        && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        && value.iter().all(|&b| !((b < 0x20 && b != b'\t') || b == 0x7f))
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && value
+            .iter()
+            .all(|&b| !((b < 0x20 && b != b'\t') || b == 0x7f))
+}
+
+/// Properties shared by the `http_request` fuzz target and the committed seed replay
+/// (`fuzz_seeds_http`); panics when one is violated. Parses pipelined heads with the default
+/// limits and, for each, checks the head against itself re-parsed alone, then decodes a chunked
+/// body both in one call and byte by byte and requires the same outcome. Not part of the API.
+#[doc(hidden)]
+pub fn check_parse_properties(buf: &[u8]) {
+    let limits = HeadLimits::default();
+    let mut rest = buf;
+    // Every head takes at least one byte, so the loop ends; the cap keeps fuzz runs fast.
+    for _ in 0..32 {
+        let (head, n) = match parse_head(rest, &limits) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                assert!(
+                    rest.len() <= limits.header_bytes_max,
+                    "Ok(None) past header_bytes_max"
+                );
+                return;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e.status(), 400 | 413 | 414 | 431 | 501 | 505),
+                    "unexpected status for {e:?}"
+                );
+                return;
+            }
+        };
+        assert!(
+            n > 0 && n <= rest.len(),
+            "head length {n} outside 1..={}",
+            rest.len()
+        );
+        assert!(n <= limits.header_bytes_max, "head of {n} bytes accepted");
+        let Some((head_bytes, after)) = rest.split_at_checked(n) else {
+            panic!("head length {n} past the buffer");
+        };
+        assert_eq!(
+            parse_head(head_bytes, &limits),
+            Ok(Some((head.clone(), n))),
+            "head alone differs"
+        );
+        if let Some(short) = head_bytes.get(..n - 1) {
+            assert_eq!(
+                parse_head(short, &limits),
+                Ok(None),
+                "a strict prefix of a head is not incomplete"
+            );
+        }
+        assert!(head.version <= 1);
+        assert!(
+            head.version == 0 || head.header_count("host") == 1,
+            "HTTP/1.1 without exactly one Host"
+        );
+        assert!(head.header_count("content-length") <= 1);
+        assert!(head.header_count("transfer-encoding") <= 1);
+        for h in &head.headers {
+            assert!(
+                !h.name.bytes().any(|b| b.is_ascii_uppercase()),
+                "header name not lower-cased"
+            );
+            assert_eq!(
+                trim_ows(&h.value),
+                h.value.as_slice(),
+                "header value not trimmed"
+            );
+        }
+        let body_len = match head.framing {
+            BodyFraming::None => 0,
+            BodyFraming::ContentLength(len) => {
+                assert!(head.header_count("transfer-encoding") == 0);
+                match usize::try_from(len) {
+                    Ok(len) if len <= after.len() => len,
+                    _ => return,
+                }
+            }
+            BodyFraming::Chunked => {
+                assert!(head.version == 1 && head.header_count("content-length") == 0);
+                match check_chunked_properties(after) {
+                    Some(consumed) => consumed,
+                    None => return,
+                }
+            }
+        };
+        rest = after.get(body_len..).unwrap_or_default();
+        if rest.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Decodes `input` in one call and byte by byte; both must agree. Returns the bytes the body took
+/// when it is complete.
+fn check_chunked_properties(input: &[u8]) -> Option<usize> {
+    const BODY_MAX: usize = 64 * 1024;
+    let mut whole = ChunkedDecoder::new(BODY_MAX);
+    let mut whole_body = Vec::new();
+    let whole_result = whole.decode(input, &mut whole_body);
+    if let Ok((consumed, _)) = whole_result {
+        assert!(
+            consumed <= input.len(),
+            "chunked decoder consumed {consumed} of {}",
+            input.len()
+        );
+    }
+    assert!(
+        whole_body.len() <= BODY_MAX,
+        "decoded body past body_bytes_max"
+    );
+
+    let mut split = ChunkedDecoder::new(BODY_MAX);
+    let mut split_body = Vec::new();
+    let mut pending = Vec::new();
+    let mut total = 0usize;
+    let mut split_result = Ok((0, false));
+    for &b in input {
+        pending.push(b);
+        match split.decode(&pending, &mut split_body) {
+            Ok((consumed, complete)) => {
+                assert!(
+                    consumed <= pending.len(),
+                    "chunked decoder consumed past its input"
+                );
+                pending.drain(..consumed);
+                total += consumed;
+                split_result = Ok((total, complete));
+                if complete {
+                    break;
+                }
+            }
+            Err(e) => {
+                split_result = Err(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        whole_result, split_result,
+        "chunked decoding depends on fragmentation"
+    );
+    if whole_result.is_ok() {
+        assert_eq!(
+            whole_body, split_body,
+            "chunked body depends on fragmentation"
+        );
+    }
+    match whole_result {
+        Ok((consumed, true)) => Some(consumed),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    enum Want {
+        Incomplete,
+        Err(RequestError),
+        /// Any error with this status (the exact httparse reason does not matter).
+        Status(u16),
+        Head {
+            method: Method,
+            target: &'static str,
+            version: u8,
+            framing: BodyFraming,
+            keep_alive: bool,
+            expect_continue: bool,
+        },
+    }
+
+    fn head(method: Method, target: &'static str, version: u8) -> Want {
+        Want::Head {
+            method,
+            target,
+            version,
+            framing: BodyFraming::None,
+            keep_alive: version == 1,
+            expect_continue: false,
+        }
+    }
+
+    fn get11() -> Want {
+        head(Method::Get, "/", 1)
+    }
+
+    impl Want {
+        fn framing(mut self, f: BodyFraming) -> Want {
+            if let Want::Head { framing, .. } = &mut self {
+                *framing = f;
+            }
+            self
+        }
+        fn keep_alive(mut self, k: bool) -> Want {
+            if let Want::Head { keep_alive, .. } = &mut self {
+                *keep_alive = k;
+            }
+            self
+        }
+        fn expect_continue(mut self) -> Want {
+            if let Want::Head {
+                expect_continue, ..
+            } = &mut self
+            {
+                *expect_continue = true;
+            }
+            self
+        }
+    }
+
+    fn check(input: &[u8], want: Want) {
+        check_limits(&HeadLimits::default(), input, want);
+    }
+
+    fn check_limits(limits: &HeadLimits, input: &[u8], want: Want) {
+        let got = parse_head(input, limits);
+        let shown = String::from_utf8_lossy(input.get(..input.len().min(200)).unwrap());
+        match (&want, &got) {
+            (Want::Incomplete, Ok(None)) => {}
+            (Want::Err(e), Err(g)) if e == g => {}
+            (Want::Status(s), Err(g)) if *s == g.status() => {}
+            (
+                Want::Head {
+                    method,
+                    target,
+                    version,
+                    framing,
+                    keep_alive,
+                    expect_continue,
+                },
+                Ok(Some((h, n))),
+            ) if h.method == *method
+                && h.target == *target
+                && h.version == *version
+                && h.framing == *framing
+                && h.keep_alive == *keep_alive
+                && h.expect_continue == *expect_continue
+                && *n == input.len() => {}
+            _ => panic!("input {shown:?}: want {want:?}, got {got:?}"),
+        }
+    }
+
+    /// `GET / HTTP/1.1` with Host and the given extra header lines.
+    fn req11(extra: &str) -> Vec<u8> {
+        format!("GET / HTTP/1.1\r\nHost: example.com\r\n{extra}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn heads() {
+        use RequestError::*;
+        let cases: Vec<(Vec<u8>, Want)> = vec![
+            // Valid requests.
+            (req11(""), get11()),
+            (
+                b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Get, "/health", 1),
+            ),
+            (b"GET / HTTP/1.1\nHost: a\n\n".to_vec(), get11()),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n".to_vec(), get11()),
+            (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), get11()),
+            (b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(), get11()),
+            (
+                b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+                head(Method::Get, "/", 0),
+            ),
+            (
+                b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Head, "/", 1),
+            ),
+            (
+                b"PUT /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Put, "/x", 1),
+            ),
+            (
+                b"PATCH /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Patch, "/x", 1),
+            ),
+            (
+                b"DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Delete, "/x", 1),
+            ),
+            (
+                b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Options, "*", 1),
+            ),
+            (
+                b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Other, "/", 1),
+            ),
+            // Methods are case-sensitive (RFC 9110 §9.1).
+            (
+                b"get / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Other, "/", 1),
+            ),
+            (
+                b"GET http://a/b?c HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                head(Method::Get, "http://a/b?c", 1),
+            ),
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n".to_vec(), get11()),
+            (
+                b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n".to_vec(),
+                get11(),
+            ),
+            (req11("X-Empty:\r\n"), get11()),
+            (req11("X-Empty: \t \r\n"), get11()),
+            (req11("X-Obs: café\r\n"), get11()),
+            // Expect.
+            (req11("Expect: 100-continue\r\n"), get11().expect_continue()),
+            (
+                req11("Expect: 100-Continue \r\n"),
+                get11().expect_continue(),
+            ),
+            (req11("Expect: something-else\r\n"), get11()),
+            (
+                b"GET / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n".to_vec(),
+                head(Method::Get, "/", 0),
+            ),
+            // Keep-alive.
+            (req11("Connection: close\r\n"), get11().keep_alive(false)),
+            (
+                req11("Connection: Upgrade, CLOSE\r\n"),
+                get11().keep_alive(false),
+            ),
+            (req11("Connection: keep-alive\r\n"), get11()),
+            (
+                req11("Connection: upgrade\r\nConnection: close\r\n"),
+                get11().keep_alive(false),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".to_vec(),
+                head(Method::Get, "/", 0).keep_alive(true),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: Keep-Alive, x\r\n\r\n".to_vec(),
+                head(Method::Get, "/", 0).keep_alive(true),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n".to_vec(),
+                head(Method::Get, "/", 0),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alivex\r\n\r\n".to_vec(),
+                head(Method::Get, "/", 0),
+            ),
+            // Request line and version.
+            (b"GET /\r\nHost: a\r\n\r\n".to_vec(), Want::Status(400)),
+            (b"GET / \r\nHost: a\r\n\r\n".to_vec(), Want::Status(400)),
+            (b"GET\r\n\r\n".to_vec(), Want::Status(400)),
+            (
+                b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Err(UnsupportedVersion),
+            ),
+            (
+                b"GET / HTTP/2.0\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Err(UnsupportedVersion),
+            ),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+                Want::Err(UnsupportedVersion),
+            ),
+            (
+                b"GET / HTTP/0.9\r\n\r\n".to_vec(),
+                Want::Err(UnsupportedVersion),
+            ),
+            (
+                b"GET / HTTP/1.1x\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET / HTTP/11\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET / http/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b" GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+                Want::Status(400),
+            ),
+            (b"\r\r\nGET / HTTP/1.1\r\n".to_vec(), Want::Status(400)),
+            (
+                b"GET / HTTP/1.1\r\r\nHost: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            // Header syntax (httparse).
+            (req11("Ho st: a\r\n"), Want::Status(400)),
+            (req11("X-A : a\r\n"), Want::Status(400)),
+            (req11("X-A\t: a\r\n"), Want::Status(400)),
+            (req11(": a\r\n"), Want::Status(400)),
+            (req11("X\x00: a\r\n"), Want::Status(400)),
+            (req11("X-A: a\x00b\r\n"), Want::Status(400)),
+            (req11("X-A: a\x01b\r\n"), Want::Status(400)),
+            (req11("X-A: a\x7fb\r\n"), Want::Status(400)),
+            (req11("X-A: a\rb\r\n"), Want::Status(400)),
+            (req11("X-A: a\r\n b\r\n"), Want::Status(400)),
+            (req11("X-A: a\r\n\tb\r\n"), Want::Status(400)),
+            (
+                b"GET / HTTP/1.1\r\n Host: a\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (req11("X-A\r\n"), Want::Status(400)),
+            // Host (RFC 9112 §3.2).
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), Want::Err(MissingHost)),
+            (
+                b"GET / HTTP/1.1\r\nX-Host: a\r\n\r\n".to_vec(),
+                Want::Err(MissingHost),
+            ),
+            (req11("Host: example.com\r\n"), Want::Err(DuplicateHost)),
+            (req11("HOST: other\r\n"), Want::Err(DuplicateHost)),
+            (
+                b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+                Want::Err(DuplicateHost),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n".to_vec(),
+                Want::Status(400),
+            ),
+            // Content-Length (RFC 9112 §6.3).
+            (
+                req11("Content-Length: 5\r\n"),
+                get11().framing(BodyFraming::ContentLength(5)),
+            ),
+            (
+                req11("Content-Length: 0\r\n"),
+                get11().framing(BodyFraming::ContentLength(0)),
+            ),
+            (
+                req11("content-LENGTH: 007\r\n"),
+                get11().framing(BodyFraming::ContentLength(7)),
+            ),
+            (
+                req11("Content-Length:  5 \r\n"),
+                get11().framing(BodyFraming::ContentLength(5)),
+            ),
+            (
+                req11("Content-Length:\t5\t\r\n"),
+                get11().framing(BodyFraming::ContentLength(5)),
+            ),
+            (
+                req11("Content-Length: 18446744073709551615\r\n"),
+                get11().framing(BodyFraming::ContentLength(u64::MAX)),
+            ),
+            (
+                req11("Content-Length: 18446744073709551616\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: 99999999999999999999999\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: -5\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: +5\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: -0\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: abc\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: 0x5\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: 5a\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: 5 5\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: 5.0\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: \r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: ٥\r\n"),
+                Want::Err(InvalidContentLength),
+            ),
+            (
+                req11("Content-Length: 5, 5\r\n"),
+                Want::Err(ConflictingContentLength),
+            ),
+            (
+                req11("Content-Length: 5,\r\n"),
+                Want::Err(ConflictingContentLength),
+            ),
+            (
+                req11("Content-Length: 5\r\nContent-Length: 5\r\n"),
+                Want::Err(ConflictingContentLength),
+            ),
+            (
+                req11("Content-Length: 5\r\nContent-Length: 6\r\n"),
+                Want::Err(ConflictingContentLength),
+            ),
+            (
+                req11("Content-Length: 5\r\ncontent-length: 5\r\n"),
+                Want::Err(ConflictingContentLength),
+            ),
+            // Transfer-Encoding (RFC 9112 §6.1, §6.3).
+            (
+                req11("Transfer-Encoding: chunked\r\n"),
+                get11().framing(BodyFraming::Chunked),
+            ),
+            (
+                req11("transfer-encoding:  Chunked \r\n"),
+                get11().framing(BodyFraming::Chunked),
+            ),
+            (
+                req11("Transfer-Encoding: CHUNKED\r\n"),
+                get11().framing(BodyFraming::Chunked),
+            ),
+            (
+                req11("Transfer-Encoding: gzip, chunked\r\n"),
+                Want::Err(UnsupportedTransferEncoding),
+            ),
+            (
+                req11("Transfer-Encoding: x-custom, chunked\r\n"),
+                Want::Err(UnsupportedTransferEncoding),
+            ),
+            (
+                req11("Transfer-Encoding: chunked, gzip\r\n"),
+                Want::Status(400),
+            ),
+            (req11("Transfer-Encoding: gzip\r\n"), Want::Status(400)),
+            (req11("Transfer-Encoding: identity\r\n"), Want::Status(400)),
+            (req11("Transfer-Encoding: \r\n"), Want::Status(400)),
+            (
+                req11("Transfer-Encoding: chunked, chunked\r\n"),
+                Want::Status(400),
+            ),
+            (req11("Transfer-Encoding: xchunked\r\n"), Want::Status(400)),
+            (
+                req11("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"),
+                Want::Status(400),
+            ),
+            (
+                req11("Transfer-Encoding: \x0bchunked\r\n"),
+                Want::Status(400),
+            ),
+            (req11("Transfer-Encoding : chunked\r\n"), Want::Status(400)),
+            (
+                req11("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"),
+                Want::Err(ContentLengthWithTransferEncoding),
+            ),
+            (
+                req11("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"),
+                Want::Err(ContentLengthWithTransferEncoding),
+            ),
+            (
+                req11("CONTENT-LENGTH: 5\r\ntransfer-ENCODING: Chunked\r\n"),
+                Want::Err(ContentLengthWithTransferEncoding),
+            ),
+            (
+                req11("content-length: 0\r\nTRANSFER-ENCODING: chunked\r\n"),
+                Want::Err(ContentLengthWithTransferEncoding),
+            ),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                Want::Err(TransferEncodingOnHttp10),
+            ),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                    .to_vec(),
+                Want::Err(TransferEncodingOnHttp10),
+            ),
+            (
+                b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\n".to_vec(),
+                head(Method::Post, "/", 0).framing(BodyFraming::ContentLength(5)),
+            ),
+        ];
+        for (input, want) in cases {
+            check(&input, want);
+        }
+    }
+
+    /// Every strict prefix of a valid head is incomplete, whichever byte it stops at (method,
+    /// target, version, line ends, header name, value, the final blank line).
+    #[test]
+    fn prefixes_are_incomplete() {
+        let valid: [&[u8]; 5] = [
+            b"GET /path?q=1 HTTP/1.1\r\nHost: example.com\r\nX-Name: some value\r\n\r\n",
+            b"POST /v1/rpc/getRun HTTP/1.1\nHost: a\nContent-Length: 2\nExpect: 100-continue\n\n",
+            b"\r\n\nDELETE / HTTP/1.0\r\n\r\n",
+            b"PROPFIND * HTTP/1.1\r\nHost:\r\nX-Empty:\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for request in valid {
+            for end in 0..request.len() {
+                check(&request[..end], Want::Incomplete);
+            }
+            assert!(
+                matches!(parse_head(request, &HeadLimits::default()), Ok(Some((_, n))) if n == request.len())
+            );
+        }
+    }
+
+    #[test]
+    fn header_count_limit() {
+        let many = |n: usize| {
+            let mut s = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+            for i in 1..n {
+                s.push_str(&format!("X-{i}: v\r\n"));
+            }
+            s.push_str("\r\n");
+            s.into_bytes()
+        };
+        let limits = HeadLimits::default();
+        check_limits(&limits, &many(100), get11());
+        check_limits(&limits, &many(101), Want::Err(RequestError::TooManyHeaders));
+        // Past the count even before the head is complete.
+        let mut partial = many(101);
+        partial.truncate(partial.len() - 2);
+        check_limits(&limits, &partial, Want::Err(RequestError::TooManyHeaders));
+        // Limits above the stack array take the heap path.
+        let big = HeadLimits {
+            header_count_max: 300,
+            header_bytes_max: 64 * 1024,
+            request_line_bytes_max: 8192,
+        };
+        check_limits(&big, &many(300), get11());
+        check_limits(&big, &many(301), Want::Err(RequestError::TooManyHeaders));
+        let none = HeadLimits {
+            header_count_max: 0,
+            ..limits
+        };
+        check_limits(&none, b"GET / HTTP/1.0\r\n\r\n", head(Method::Get, "/", 0));
+        check_limits(
+            &none,
+            b"GET / HTTP/1.0\r\nA: b\r\n\r\n",
+            Want::Err(RequestError::TooManyHeaders),
+        );
+    }
+
+    #[test]
+    fn request_line_limit() {
+        let limits = HeadLimits::default();
+        // "GET " + target + " HTTP/1.1" is exactly `len` bytes.
+        let line = |len: usize| format!("GET /{} HTTP/1.1", "a".repeat(len - 14)).into_bytes();
+        assert_eq!(line(8192).len(), 8192);
+        let complete = |len: usize| [line(len), b"\r\nHost: a\r\n\r\n".to_vec()].concat();
+        assert!(matches!(parse_head(&complete(8192), &limits), Ok(Some((_, n))) if n == 8192 + 13));
+        check_limits(
+            &limits,
+            &complete(8193),
+            Want::Err(RequestError::RequestLineTooLong),
+        );
+        // Incomplete lines: refused as soon as they pass the limit, not before.
+        check_limits(&limits, &line(8192), Want::Incomplete);
+        check_limits(
+            &limits,
+            &[line(8192), b"\r".to_vec()].concat(),
+            Want::Incomplete,
+        );
+        check_limits(
+            &limits,
+            &line(8193),
+            Want::Err(RequestError::RequestLineTooLong),
+        );
+        check_limits(
+            &limits,
+            &vec![b'G'; 9000],
+            Want::Err(RequestError::RequestLineTooLong),
+        );
+        // Leading empty lines do not count against the request line.
+        let mut led = b"\r\n\r\n".to_vec();
+        led.extend_from_slice(&line(8192));
+        check_limits(&limits, &led, Want::Incomplete);
+    }
+
+    #[test]
+    fn header_bytes_limit() {
+        let limits = HeadLimits::default();
+        // A head of exactly `len` bytes, blank line included.
+        let sized = |len: usize| {
+            let fixed = "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: \r\n\r\n".len();
+            format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+                "p".repeat(len - fixed)
+            )
+            .into_bytes()
+        };
+        assert_eq!(sized(16384).len(), 16384);
+        check_limits(&limits, &sized(16384), get11());
+        check_limits(
+            &limits,
+            &sized(16385),
+            Want::Err(RequestError::HeadersTooLarge),
+        );
+        let partial = sized(16386);
+        check_limits(&limits, &partial[..16384], Want::Incomplete);
+        check_limits(
+            &limits,
+            &partial[..16385],
+            Want::Err(RequestError::HeadersTooLarge),
+        );
+        // Leading empty lines count against the head.
+        let mut flood = vec![b'\n'; 16384];
+        check_limits(&limits, &flood, Want::Incomplete);
+        flood.push(b'\n');
+        check_limits(&limits, &flood, Want::Err(RequestError::HeadersTooLarge));
+        // A complete head is found even when much more is buffered behind it.
+        let mut long = sized(100);
+        long.extend(vec![b'x'; 40_000]);
+        let (_, n) = parse_head(&long, &limits).unwrap().unwrap();
+        assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn pipelined() {
+        let buf = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b?x=1 HTTP/1.1\r\nHost: a\r\n\r\nGET /c";
+        let limits = HeadLimits::default();
+        let (first, n) = parse_head(buf, &limits).unwrap().unwrap();
+        assert_eq!(first.method, Method::Post);
+        assert_eq!(first.framing, BodyFraming::ContentLength(3));
+        assert_eq!(&buf[n..n + 3], b"abc");
+        let (second, m) = parse_head(&buf[n + 3..], &limits).unwrap().unwrap();
+        assert_eq!(
+            (second.method, second.path(), second.query()),
+            (Method::Get, "/b", Some("x=1"))
+        );
+        assert_eq!(parse_head(&buf[n + 3 + m..], &limits), Ok(None));
+        check_parse_properties(buf);
+    }
+
+    #[test]
+    fn accessors() {
+        let input = b"GET /a/b?x=1&y=?2 HTTP/1.1\r\nHost: a\r\nX-Dup: 1\r\nx-dup: 2\r\nX-Bin: \xff\r\nX-Trim: \t v w \t\r\n\r\n";
+        let (h, _) = parse_head(input, &HeadLimits::default()).unwrap().unwrap();
+        assert_eq!(h.path(), "/a/b");
+        assert_eq!(h.query(), Some("x=1&y=?2"));
+        assert_eq!(h.header("x-dup"), Some(&b"1"[..]));
+        assert_eq!(h.header_count("x-dup"), 2);
+        assert_eq!(h.header_count("missing"), 0);
+        assert_eq!(h.header("X-Dup"), None, "lookups take lower-case names");
+        assert_eq!(h.header_str("x-bin"), None);
+        assert_eq!(h.header("x-bin"), Some(&b"\xff"[..]));
+        assert_eq!(h.header_str("x-trim"), Some("v w"));
+        assert_eq!(h.header_str("host"), Some("a"));
+        let (plain, _) = parse_head(b"GET /p HTTP/1.0\r\n\r\n", &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((plain.path(), plain.query()), ("/p", None));
+        let (empty_q, _) = parse_head(b"GET /p? HTTP/1.0\r\n\r\n", &HeadLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((empty_q.path(), empty_q.query()), ("/p", Some("")));
+    }
+
+    #[test]
+    fn statuses() {
+        use RequestError::*;
+        let cases = [
+            (Malformed("x"), 400),
+            (ConflictingContentLength, 400),
+            (InvalidContentLength, 400),
+            (ContentLengthWithTransferEncoding, 400),
+            (TransferEncodingOnHttp10, 400),
+            (MissingHost, 400),
+            (DuplicateHost, 400),
+            (MalformedChunk, 400),
+            (RequestLineTooLong, 414),
+            (TooManyHeaders, 431),
+            (HeadersTooLarge, 431),
+            (UnsupportedTransferEncoding, 501),
+            (UnsupportedVersion, 505),
+            (BodyTooLarge, 413),
+        ];
+        for (e, s) in cases {
+            assert_eq!(e.status(), s, "{e:?}");
+        }
+    }
+
+    /// Decodes `input` in one call, then again byte by byte (which must agree), and compares with
+    /// the expected (consumed, complete, body) or error.
+    fn check_chunked(
+        input: &[u8],
+        body_max: usize,
+        want: Result<(usize, bool, &[u8]), RequestError>,
+    ) {
+        let mut decoder = ChunkedDecoder::new(body_max);
+        let mut body = Vec::new();
+        let got = decoder
+            .decode(input, &mut body)
+            .map(|(n, done)| (n, done, body.as_slice()));
+        assert_eq!(got, want, "input {:?}", String::from_utf8_lossy(input));
+
+        let mut decoder = ChunkedDecoder::new(body_max);
+        let mut body = Vec::new();
+        let mut pending = Vec::new();
+        let mut total = 0;
+        let mut split = Ok((0, false));
+        for &b in input {
+            pending.push(b);
+            match decoder.decode(&pending, &mut body) {
+                Ok((n, done)) => {
+                    pending.drain(..n);
+                    total += n;
+                    split = Ok((total, done));
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    split = Err(e);
+                    break;
+                }
+            }
+        }
+        let split = split.map(|(n, done)| (n, done, body.as_slice()));
+        assert_eq!(
+            split,
+            want,
+            "byte by byte: {:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+
+    #[test]
+    fn chunked() {
+        use RequestError::{BodyTooLarge, MalformedChunk};
+        const MAX: usize = 1 << 20;
+        let all = |s: &[u8]| s.len();
+        let cases: Vec<(Vec<u8>, usize, Result<(usize, bool, &[u8]), RequestError>)> = vec![
+            (
+                b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
+                MAX,
+                Ok((all(b"5\r\nhello\r\n0\r\n\r\n"), true, b"hello")),
+            ),
+            (
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
+                MAX,
+                Ok((26, true, b"hello world")),
+            ),
+            (b"0\r\n\r\n".to_vec(), MAX, Ok((5, true, b""))),
+            (b"000\r\n\r\n".to_vec(), MAX, Ok((7, true, b""))),
+            (
+                b"A\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n".to_vec(),
+                MAX,
+                Ok((35, true, b"01234567890123456789")),
+            ),
+            // Bytes after the body belong to the next request.
+            (
+                b"1\r\nx\r\n0\r\n\r\nGET / HTTP/1.1\r\n".to_vec(),
+                MAX,
+                Ok((11, true, b"x")),
+            ),
+            // Extensions are ignored (RFC 9112 §7.1.1).
+            (
+                b"5;a=b;c\r\nhello\r\n0;last=\"yes\"\r\n\r\n".to_vec(),
+                MAX,
+                Ok((32, true, b"hello")),
+            ),
+            (
+                b"5 ;a=b\r\nhello\r\n0\r\n\r\n".to_vec(),
+                MAX,
+                Ok((20, true, b"hello")),
+            ),
+            // Trailers are skipped.
+            (
+                b"5\r\nhello\r\n0\r\nX-T: 1\r\nY:\r\n\r\n".to_vec(),
+                MAX,
+                Ok((27, true, b"hello")),
+            ),
+            // Bare LF line ends.
+            (b"5\nhello\n0\n\n".to_vec(), MAX, Ok((11, true, b"hello"))),
+            (
+                b"5;e\nhello\n0\nT: v\n\n".to_vec(),
+                MAX,
+                Ok((18, true, b"hello")),
+            ),
+            // Incomplete: partial lines are not consumed; data is.
+            (b"".to_vec(), MAX, Ok((0, false, b""))),
+            (b"5".to_vec(), MAX, Ok((0, false, b""))),
+            (b"5\r".to_vec(), MAX, Ok((0, false, b""))),
+            (b"5\r\nhel".to_vec(), MAX, Ok((6, false, b"hel"))),
+            (b"5\r\nhello\r".to_vec(), MAX, Ok((8, false, b"hello"))),
+            (
+                b"5\r\nhello\r\n0\r\nX-T: 1".to_vec(),
+                MAX,
+                Ok((13, false, b"hello")),
+            ),
+            (
+                b"5\r\nhello\r\n0\r\nX-T: 1\r\n".to_vec(),
+                MAX,
+                Ok((21, false, b"hello")),
+            ),
+            // Size limits.
+            (
+                b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
+                5,
+                Ok((15, true, b"hello")),
+            ),
+            (b"5\r\nhello\r\n0\r\n\r\n".to_vec(), 4, Err(BodyTooLarge)),
+            (
+                b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n".to_vec(),
+                8,
+                Err(BodyTooLarge),
+            ),
+            (b"ffffffffffffffff\r\n".to_vec(), MAX, Err(BodyTooLarge)),
+            (b"fffffffffffffffff\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            // Malformed sizes.
+            (b"g\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"0x5\r\nhello\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b";ext\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"-5\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"+5\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b" 5\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"5 5\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"5\r\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"5;a\rb\r\nhello\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"5;a\x00\r\nhello\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (
+                [b"5;".as_slice(), &[b'e'; 5000]].concat(),
+                MAX,
+                Err(MalformedChunk),
+            ),
+            (
+                [b"5;".as_slice(), &[b'e'; 5000], b"\r\nhello\r\n"].concat(),
+                MAX,
+                Err(MalformedChunk),
+            ),
+            // Data not followed by a line end.
+            (
+                b"5\r\nhelloX\r\n0\r\n\r\n".to_vec(),
+                MAX,
+                Err(MalformedChunk),
+            ),
+            (b"5\r\nhello\rX".to_vec(), MAX, Err(MalformedChunk)),
+            (b"5\r\nhello world\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            // Trailers.
+            (
+                b"0\r\nnot a field\r\n\r\n".to_vec(),
+                MAX,
+                Err(MalformedChunk),
+            ),
+            (b"0\r\n: v\r\n\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (b"0\r\nX: a\x01\r\n\r\n".to_vec(), MAX, Err(MalformedChunk)),
+            (
+                [b"0\r\nX: ".as_slice(), &[b'a'; 9000]].concat(),
+                MAX,
+                Err(MalformedChunk),
+            ),
+            (
+                [
+                    b"0\r\n".as_slice(),
+                    &b"X: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"
+                        .repeat(130),
+                    b"\r\n",
+                ]
+                .concat(),
+                MAX,
+                Err(MalformedChunk),
+            ),
+        ];
+        for (input, max, want) in cases {
+            check_chunked(&input, max, want);
+        }
+    }
+
+    #[test]
+    fn chunked_done_consumes_nothing_more() {
+        let mut decoder = ChunkedDecoder::new(100);
+        let mut body = Vec::new();
+        assert_eq!(decoder.decode(b"0\r\n\r\n", &mut body), Ok((5, true)));
+        assert_eq!(decoder.decode(b"GET", &mut body), Ok((0, true)));
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn chunked_large_body_in_pieces() {
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..50u8 {
+            let chunk = vec![i; 1000 + usize::from(i)];
+            wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            wire.extend_from_slice(&chunk);
+            wire.extend_from_slice(b"\r\n");
+            expected.extend_from_slice(&chunk);
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let mut decoder = ChunkedDecoder::new(1 << 20);
+        let mut body = Vec::new();
+        let mut pending = Vec::new();
+        let mut done = false;
+        for piece in wire.chunks(777) {
+            pending.extend_from_slice(piece);
+            let (n, complete) = decoder.decode(&pending, &mut body).unwrap();
+            pending.drain(..n);
+            done = complete;
+        }
+        assert!(done && pending.is_empty());
+        assert_eq!(body, expected);
+    }
 }
