@@ -1518,6 +1518,9 @@ mod tests {
         }
     }
 
+    /// Expected chunked outcome: bytes consumed, complete, decoded body; or the error.
+    type ChunkWant<'a> = Result<(usize, bool, &'a [u8]), RequestError>;
+
     /// Decodes `input` in one call, then again byte by byte (which must agree), and compares with
     /// the expected (consumed, complete, body) or error.
     fn check_chunked(
@@ -1568,7 +1571,7 @@ mod tests {
         use RequestError::{BodyTooLarge, MalformedChunk};
         const MAX: usize = 1 << 20;
         let all = |s: &[u8]| s.len();
-        let cases: Vec<(Vec<u8>, usize, Result<(usize, bool, &[u8]), RequestError>)> = vec![
+        let cases: Vec<(Vec<u8>, usize, ChunkWant<'_>)> = vec![
             (
                 b"5\r\nhello\r\n0\r\n\r\n".to_vec(),
                 MAX,
@@ -1739,5 +1742,32 @@ mod tests {
         }
         assert!(done && pending.is_empty());
         assert_eq!(body, expected);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod fuzz_seeds {
+    /// Replays every committed seed of the `http_request` fuzz target through the same property
+    /// checks the target runs, so regressions show in `cargo test` without a fuzzer.
+    #[test]
+    fn fuzz_seeds_http() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/seeds/http_request");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).expect("seed directory") {
+            let path = entry.expect("seed entry").path();
+            if !path.is_file() {
+                continue;
+            }
+            let data = std::fs::read(&path).expect("seed file");
+            let outcome = std::panic::catch_unwind(|| super::check_parse_properties(&data));
+            assert!(
+                outcome.is_ok(),
+                "property violated by seed {}",
+                path.display()
+            );
+            replayed += 1;
+        }
+        assert!(replayed >= 20, "only {replayed} seeds under {dir}");
     }
 }
