@@ -20,7 +20,11 @@ pub struct AdminToken {
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminToken").field("token", &"<redacted>").field("created", &self.created).field("path", &self.path).finish()
+        f.debug_struct("AdminToken")
+            .field("token", &"<redacted>")
+            .field("created", &self.created)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -30,7 +34,11 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<AdminToken> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
-            return Ok(AdminToken { token: text.trim().to_string(), created: false, path });
+            return Ok(AdminToken {
+                token: text.trim().to_string(),
+                created: false,
+                path,
+            });
         }
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -38,7 +46,10 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<AdminToken> {
     }
     let mut bytes = [0u8; ADMIN_TOKEN_BYTES];
     rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[..]);
-    let token = format!("sgw_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let token = format!(
+        "sgw_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -47,7 +58,11 @@ pub fn admin_token(data_dir: &Path) -> std::io::Result<AdminToken> {
     file.write_all(token.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
-    Ok(AdminToken { token, created: true, path })
+    Ok(AdminToken {
+        token,
+        created: true,
+        path,
+    })
 }
 
 /// The auth mode used when the config has none: token mode with the admin token only.
@@ -61,7 +76,10 @@ pub fn admin_auth(token: &str) -> AuthConfig {
         expires_at_ms: None,
         revoked_at_ms: None,
     };
-    AuthConfig::Token { tokens: BTreeMap::from([(token.to_string(), grant)]), allowed_origins: Vec::new() }
+    AuthConfig::Token {
+        tokens: BTreeMap::from([(token.to_string(), grant)]),
+        allowed_origins: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -80,7 +98,9 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&first.path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            let mode = std::fs::metadata(&first.path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
             assert_eq!(mode, 0o600);
         }
         assert!(!format!("{first:?}").contains(&first.token));

@@ -212,7 +212,7 @@ impl Default for GatewayConfig {
 }
 
 /// Settings only the file (or flags) give: where to listen and store.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
@@ -220,12 +220,6 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub driver: Option<DriverKind>,
     pub gateway: GatewayConfig,
-}
-
-impl Default for FileConfig {
-    fn default() -> Self {
-        FileConfig { listen: None, workers: None, data_dir: None, driver: None, gateway: GatewayConfig::default() }
-    }
 }
 
 /// The resolved configuration the server runs with.
@@ -241,7 +235,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid setting {name}: {reason}")]
@@ -252,9 +249,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7331";
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        FileConfig::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        FileConfig::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     /// Parses TOML. Gateway options may sit at the top level or under `[gateway]`.
@@ -263,16 +265,32 @@ impl FileConfig {
         let mut file = FileConfig::default();
         let take = |table: &mut toml::Table, key: &str| table.remove(key);
         if let Some(value) = take(&mut table, "listen") {
-            file.listen = Some(value.try_into().map_err(|e: toml::de::Error| format!("listen: {e}"))?);
+            file.listen = Some(
+                value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("listen: {e}"))?,
+            );
         }
         if let Some(value) = take(&mut table, "workers") {
-            file.workers = Some(value.try_into().map_err(|e: toml::de::Error| format!("workers: {e}"))?);
+            file.workers = Some(
+                value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("workers: {e}"))?,
+            );
         }
         if let Some(value) = take(&mut table, "dataDir") {
-            file.data_dir = Some(value.try_into().map_err(|e: toml::de::Error| format!("dataDir: {e}"))?);
+            file.data_dir = Some(
+                value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("dataDir: {e}"))?,
+            );
         }
         if let Some(value) = take(&mut table, "driver") {
-            file.driver = Some(value.try_into().map_err(|e: toml::de::Error| format!("driver: {e}"))?);
+            file.driver = Some(
+                value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("driver: {e}"))?,
+            );
         }
         let gateway_table = match take(&mut table, "gateway") {
             Some(toml::Value::Table(inner)) => {
@@ -284,7 +302,9 @@ impl FileConfig {
             Some(_) => return Err("gateway must be a table".into()),
             None => table,
         };
-        file.gateway = toml::Value::Table(gateway_table).try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        file.gateway = toml::Value::Table(gateway_table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
         Ok(file)
     }
 }
@@ -292,7 +312,12 @@ impl FileConfig {
 impl GatewayConfig {
     /// Checks relationships between limits; called once at start and by tests.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |name: &'static str, reason: &str| Err(ConfigError::Invalid { name, reason: reason.into() });
+        let invalid = |name: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.into(),
+            })
+        };
         if self.protocol == 0 {
             return invalid("protocol", "must be at least 1");
         }
@@ -308,14 +333,23 @@ impl GatewayConfig {
         if self.sockets_max < self.connections_max {
             return invalid("maxSockets", "must be at least maxConnections");
         }
-        if self.header_count_max == 0 || self.header_bytes_max < 64 || self.request_line_bytes_max < 16 {
-            return invalid("maxHeaderCount/maxHeaderBytes/maxRequestLineBytes", "too small to carry a request");
+        if self.header_count_max == 0
+            || self.header_bytes_max < 64
+            || self.request_line_bytes_max < 16
+        {
+            return invalid(
+                "maxHeaderCount/maxHeaderBytes/maxRequestLineBytes",
+                "too small to carry a request",
+            );
         }
         if self.request_line_bytes_max > self.header_bytes_max {
             return invalid("maxRequestLineBytes", "must not exceed maxHeaderBytes");
         }
         if self.headers_timeout_ms == 0 || self.request_timeout_ms < self.headers_timeout_ms {
-            return invalid("requestTimeout", "must be at least headersTimeout, which must be positive");
+            return invalid(
+                "requestTimeout",
+                "must be at least headersTimeout, which must be positive",
+            );
         }
         if self.outbound_bytes_max < self.message_bytes_max.min(1 << 20) {
             return invalid("maxOutboundBytes", "must hold at least one message");
@@ -354,7 +388,10 @@ mod tests {
         assert_eq!(config.pre_auth_connections_max, 64);
         assert_eq!(config.auth_deadline_ms, 10_000);
         assert_eq!(config.event_window_size, 10_000);
-        assert_eq!(config.features, vec!["streaming".to_string(), "runs".to_string()]);
+        assert_eq!(
+            config.features,
+            vec!["streaming".to_string(), "runs".to_string()]
+        );
         assert!(config.validate().is_ok());
     }
 
@@ -374,31 +411,50 @@ mod tests {
             "#,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(file.listen, Some("127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}"))));
+        assert_eq!(
+            file.listen,
+            Some("127.0.0.1:9000".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
         assert_eq!(file.gateway.heartbeat_ms, 250);
         assert_eq!(file.gateway.message_bytes_max, 4096);
         match file.gateway.auth {
-            Some(AuthConfig::Jwt { audience, clock_skew_seconds, .. }) => {
-                assert_eq!(audience.to_vec(), vec!["gateway".to_string(), "other".to_string()]);
+            Some(AuthConfig::Jwt {
+                audience,
+                clock_skew_seconds,
+                ..
+            }) => {
+                assert_eq!(
+                    audience.to_vec(),
+                    vec!["gateway".to_string(), "other".to_string()]
+                );
                 assert_eq!(clock_skew_seconds, Some(30));
             }
             other => panic!("unexpected auth {other:?}"),
         }
-        let proxy = FileConfig::parse("[gateway.auth]\nmode = \"trusted-proxy\"\ndefaultScopes = []\n")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(proxy.gateway.auth, Some(AuthConfig::TrustedProxy { default_scopes: Some(ref s), .. }) if s.is_empty()));
+        let proxy =
+            FileConfig::parse("[gateway.auth]\nmode = \"trusted-proxy\"\ndefaultScopes = []\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(proxy.gateway.auth, Some(AuthConfig::TrustedProxy { default_scopes: Some(ref s), .. }) if s.is_empty())
+        );
         let tokens = FileConfig::parse(
             "[auth]\nmode = \"token\"\n[auth.tokens.abc]\nrole = \"admin\"\nscopes = [\"*\"]\nexpiresAtMs = 5\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(tokens.gateway.auth, Some(AuthConfig::Token { ref tokens, .. }) if tokens["abc"].expires_at_ms == Some(5)));
+        assert!(
+            matches!(tokens.gateway.auth, Some(AuthConfig::Token { ref tokens, .. }) if tokens["abc"].expires_at_ms == Some(5))
+        );
     }
 
     #[test]
     fn rejects_unknown_options_and_bad_modes() {
         assert!(FileConfig::parse("heartbeatMillis = 5").is_err());
         assert!(FileConfig::parse("[auth]\nmode = \"magic\"\n").is_err());
-        let mut config = GatewayConfig { request_timeout_ms: 10, headers_timeout_ms: 20, ..GatewayConfig::default() };
+        let mut config = GatewayConfig {
+            request_timeout_ms: 10,
+            headers_timeout_ms: 20,
+            ..GatewayConfig::default()
+        };
         assert!(config.validate().is_err());
         config.request_timeout_ms = 20;
         assert!(config.validate().is_ok());

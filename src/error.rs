@@ -110,7 +110,11 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into(), details: Vec::new() }
+        RpcError {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     /// Adds a field spread directly into the wire `error` object.
@@ -216,7 +220,11 @@ mod tests {
             ("TXID_NOT_CAPTURED", 500),
             ("CONNECTION_LIMIT", 500),
         ];
-        assert_eq!(expected.len(), ErrorCode::ALL.len(), "every code is in the table once");
+        assert_eq!(
+            expected.len(),
+            ErrorCode::ALL.len(),
+            "every code is in the table once"
+        );
         for (wire, status) in expected {
             let code = ErrorCode::ALL
                 .iter()
@@ -228,8 +236,11 @@ mod tests {
 
     #[test]
     fn error_value_spreads_details() {
-        let error = RpcError::new(ErrorCode::Forbidden, "Missing required scope run:admin for rewindRun")
-            .with("requiredScope", "run:admin");
+        let error = RpcError::new(
+            ErrorCode::Forbidden,
+            "Missing required scope run:admin for rewindRun",
+        )
+        .with("requiredScope", "run:admin");
         let text = simd_json::to_string(&error.to_value()).unwrap_or_default();
         assert_eq!(
             text,

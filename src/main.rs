@@ -15,7 +15,11 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "smithers-gateway", version, about = "The Smithers Gateway: headless control plane for Smithers workflows")]
+#[command(
+    name = "smithers-gateway",
+    version,
+    about = "The Smithers Gateway: headless control plane for Smithers workflows"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,10 +63,19 @@ fn main() -> anyhow::Result<()> {
     };
     let mut gateway = file.gateway;
     gateway.validate()?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("data"));
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("data"));
     let config = Config {
-        listen: args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
-        workers: args.workers.or(file.workers).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
+        workers: args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         data_dir: data_dir.clone(),
         driver: args.driver.or(file.driver).unwrap_or(DriverKind::Auto),
         gateway: gateway.clone(),
@@ -70,13 +83,17 @@ fn main() -> anyhow::Result<()> {
     let admin = match &gateway.auth {
         Some(_) => None,
         None => {
-            let admin = smithers_gateway::bootstrap::admin_token(&data_dir)
-                .with_context(|| format!("cannot prepare the data directory {}", data_dir.display()))?;
+            let admin = smithers_gateway::bootstrap::admin_token(&data_dir).with_context(|| {
+                format!("cannot prepare the data directory {}", data_dir.display())
+            })?;
             gateway.auth = Some(smithers_gateway::bootstrap::admin_auth(&admin.token));
             Some(admin)
         }
     };
-    let auth = gateway.auth.clone().unwrap_or_else(|| unreachable!("auth was set above"));
+    let auth = gateway
+        .auth
+        .clone()
+        .unwrap_or_else(|| unreachable!("auth was set above"));
     let trust_env = std::env::var("SMITHERS_GATEWAY_TRUST_ANY_HOST").ok();
     let authenticator = Authenticator::new(auth, trust_env.as_deref());
     let mode = match &gateway.auth {
@@ -87,8 +104,10 @@ fn main() -> anyhow::Result<()> {
         None => "token",
     };
     let server_gateway = gateway.clone();
-    let server = Server::start(config.clone(), move |port| GatewayState::new(server_gateway, authenticator, port))
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = Server::start(config.clone(), move |port| {
+        GatewayState::new(server_gateway, authenticator, port)
+    })
+    .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = server.local_addr();
     tracing::info!(
         listen = %addr,
@@ -105,7 +124,11 @@ fn main() -> anyhow::Result<()> {
     println!("smithers-gateway listening on http://{addr} (WebSocket ws://{addr}/)");
     if let Some(admin) = &admin {
         let note = if admin.created { "created" } else { "kept" };
-        println!("admin token ({note} in {}): {}", admin.path.display(), admin.token);
+        println!(
+            "admin token ({note} in {}): {}",
+            admin.path.display(),
+            admin.token
+        );
     }
     wait_for_signal()?;
     tracing::info!("shutting down");
@@ -116,7 +139,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
     let _ = signals.forever().next();
     Ok(())
 }

@@ -19,7 +19,12 @@ impl HeaderLookup for Headers<'_> {
 /// `next` reduced to a same-origin path, else `/`.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.starts_with("/\\") && !path.contains('\\') => {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.starts_with("/\\")
+                && !path.contains('\\') =>
+        {
             path.to_string()
         }
         _ => "/".to_string(),
@@ -68,7 +73,10 @@ fn encode_cookie_value(token: &str) -> String {
 fn failure(error: &AuthError) -> Response {
     let rpc_error = crate::runtime::auth_rpc_error(error);
     let id = uuid::Uuid::new_v4().to_string();
-    Response::json(rpc_error.code.http_status(), encode_response_error(&id, &rpc_error))
+    Response::json(
+        rpc_error.code.http_status(),
+        encode_response_error(&id, &rpc_error),
+    )
 }
 
 pub fn hand_off(state: &GatewayState, head: &RequestHead) -> Response {
@@ -80,7 +88,9 @@ pub fn hand_off(state: &GatewayState, head: &RequestHead) -> Response {
     }
     let query_token = query_param(query, "token");
     let headers = Headers(head);
-    if let Err(error) = authenticator.authenticate(&headers, query_token.as_deref(), crate::clock::now_ms()) {
+    if let Err(error) =
+        authenticator.authenticate(&headers, query_token.as_deref(), crate::clock::now_ms())
+    {
         return failure(&error);
     }
     let response = Response::new(200, CONTENT_TYPE_HTML, page(&next));
@@ -110,7 +120,13 @@ mod tests {
     #[test]
     fn next_stays_same_origin() {
         assert_eq!(safe_next(Some("/runs?id=1#x")), "/runs?id=1#x");
-        for bad in ["//evil.example", "/\\evil", "https://evil.example", "runs", "/a\\b"] {
+        for bad in [
+            "//evil.example",
+            "/\\evil",
+            "https://evil.example",
+            "runs",
+            "/a\\b",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");

@@ -46,7 +46,11 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    pub fn new(config: GatewayConfig, authenticator: Authenticator, port: u16) -> Arc<GatewayState> {
+    pub fn new(
+        config: GatewayConfig,
+        authenticator: Authenticator,
+        port: u16,
+    ) -> Arc<GatewayState> {
         Arc::new(GatewayState {
             config,
             authenticator,
@@ -90,9 +94,14 @@ impl Slot {
     /// Takes a slot when fewer than `max` are held.
     pub fn try_acquire(state: &Arc<GatewayState>, kind: SlotKind, max: usize) -> Option<Slot> {
         counter(state, kind)
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| (held < max).then_some(held + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < max).then_some(held + 1)
+            })
             .ok()
-            .map(|_| Slot { state: state.clone(), kind })
+            .map(|_| Slot {
+                state: state.clone(),
+                kind,
+            })
     }
 
     pub fn kind(&self) -> SlotKind {

@@ -20,7 +20,12 @@ fn challenge_then_hello_with_every_field() {
     assert_eq!(nonce.len(), 36, "nonce is a UUID: {nonce}");
     assert!(challenge["payload"]["ts"].as_u64().unwrap_or(0) > 1_600_000_000_000);
 
-    let response = request(&mut ws, "connect-1", "connect", connect_params(Some(ADMIN_TOKEN)));
+    let response = request(
+        &mut ws,
+        "connect-1",
+        "connect",
+        connect_params(Some(ADMIN_TOKEN)),
+    );
     assert_eq!(response["ok"], true);
     assert_eq!(response["apiVersion"], "v1");
     assert!(response.get("seq").is_none(), "responses carry no seq");
@@ -36,9 +41,19 @@ fn challenge_then_hello_with_every_field() {
     assert_eq!(hello["auth"]["role"], "admin");
     assert_eq!(hello["auth"]["scopes"], json!(["*"]));
     assert_eq!(hello["auth"]["userId"], serde_json::Value::Null);
-    assert_eq!(hello["auth"]["sessionToken"].as_str().map(str::len), Some(36));
-    assert_eq!(hello["auth"]["tokenId"].as_str().map(str::len), Some(16), "default tokenId is 16 hex chars");
-    assert_eq!(hello["snapshot"], json!({"runs": [], "approvals": [], "stateVersion": 0}));
+    assert_eq!(
+        hello["auth"]["sessionToken"].as_str().map(str::len),
+        Some(36)
+    );
+    assert_eq!(
+        hello["auth"]["tokenId"].as_str().map(str::len),
+        Some(16),
+        "default tokenId is 16 hex chars"
+    );
+    assert_eq!(
+        hello["snapshot"],
+        json!({"runs": [], "approvals": [], "stateVersion": 0})
+    );
 }
 
 /// Ticks arrive every heartbeatMs after connect, numbered after the challenge.
@@ -49,23 +64,38 @@ fn ticks_every_heartbeat_after_connect() {
     // Nothing but the challenge before connect, even after several heartbeats.
     std::thread::sleep(Duration::from_millis(350));
     let (response, before) = {
-        send_json(&mut ws, &json!({"type":"req","id":"c","method":"connect","params":connect_params(Some(ADMIN_TOKEN))}));
+        send_json(
+            &mut ws,
+            &json!({"type":"req","id":"c","method":"connect","params":connect_params(Some(ADMIN_TOKEN))}),
+        );
         recv_response(&mut ws, "c")
     };
     assert_eq!(response["ok"], true);
-    assert_eq!(before.len(), 1, "only the challenge before connect: {before:?}");
+    assert_eq!(
+        before.len(),
+        1,
+        "only the challenge before connect: {before:?}"
+    );
     let started = Instant::now();
     let mut previous_seq = 1;
     for _ in 0..3 {
         let tick = recv_json(&mut ws);
         assert_eq!(tick["event"], "tick");
-        assert_eq!(tick["seq"], previous_seq + 1, "seq increments by one per event");
+        assert_eq!(
+            tick["seq"],
+            previous_seq + 1,
+            "seq increments by one per event"
+        );
         previous_seq = tick["seq"].as_u64().unwrap_or(0);
         assert!(tick["payload"]["ts"].is_u64());
         assert!(tick["stateVersion"].is_u64());
     }
     // Three ticks at 100 ms cannot arrive in less than ~300 ms.
-    assert!(started.elapsed() >= Duration::from_millis(250), "ticks too early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "ticks too early: {:?}",
+        started.elapsed()
+    );
 }
 
 /// Requests before connect are refused with their own id; the socket stays open.
@@ -95,9 +125,18 @@ fn connect_validation_keeps_the_socket_open() {
     let cases = [
         (json!([]), "INVALID_REQUEST"),
         (json!({"maxProtocol":1,"client":{}}), "INVALID_REQUEST"),
-        (json!({"minProtocol":0,"maxProtocol":1,"client":{}}), "INVALID_INPUT"),
-        (json!({"minProtocol":1.5,"maxProtocol":2,"client":{}}), "INVALID_INPUT"),
-        (json!({"minProtocol":2,"maxProtocol":3,"client":{}}), "PROTOCOL_UNSUPPORTED"),
+        (
+            json!({"minProtocol":0,"maxProtocol":1,"client":{}}),
+            "INVALID_INPUT",
+        ),
+        (
+            json!({"minProtocol":1.5,"maxProtocol":2,"client":{}}),
+            "INVALID_INPUT",
+        ),
+        (
+            json!({"minProtocol":2,"maxProtocol":3,"client":{}}),
+            "PROTOCOL_UNSUPPORTED",
+        ),
     ];
     for (index, (params, code)) in cases.iter().enumerate() {
         let id = format!("c{index}");
@@ -124,18 +163,31 @@ fn failed_authentication_closes_with_1008() {
 fn repeated_connect_replaces_identity() {
     let reader = "reader-token-abcdefghijklmnop";
     let gateway = Gateway::start(|c| {
-        c.auth = Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"])), (reader, grant("viewer", &["run:read"]))]));
+        c.auth = Some(token_auth(&[
+            (ADMIN_TOKEN, grant("admin", &["*"])),
+            (reader, grant("viewer", &["run:read"])),
+        ]));
     });
     let (mut ws, first) = ws_connect(gateway.addr, ADMIN_TOKEN);
     let second = request(&mut ws, "c2", "connect", connect_params(Some(reader)));
     assert_eq!(second["payload"]["auth"]["role"], "viewer");
-    assert_ne!(second["payload"]["auth"]["sessionToken"], first["payload"]["auth"]["sessionToken"]);
+    assert_ne!(
+        second["payload"]["auth"]["sessionToken"],
+        first["payload"]["auth"]["sessionToken"]
+    );
     let failed = request(&mut ws, "c3", "connect", connect_params(Some("nope")));
     assert_eq!(failed["error"]["code"], "UNAUTHORIZED");
     // Still open, still the viewer.
     let health = request(&mut ws, "h", "health", json!({}));
     assert_eq!(health["ok"], true);
-    assert_eq!(gateway.state().counters.authenticated_connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        gateway
+            .state()
+            .counters
+            .authenticated_connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 /// No connect within authDeadlineMs: the TCP connection is dropped without a close frame.
@@ -155,8 +207,14 @@ fn auth_deadline_drops_without_close_frame() {
 fn invalid_frames_answer_with_id_invalid() {
     let gateway = Gateway::start(|_| {});
     let (mut ws, _) = ws_connect(gateway.addr, ADMIN_TOKEN);
-    for text in ["{", "[]", r#"{"type":"req","id":"real","method":"Bad"}"#, r#"{"type":"req","id":7,"method":"health"}"#] {
-        ws.send(tungstenite::Message::text(text)).unwrap_or_else(|e| panic!("{e}"));
+    for text in [
+        "{",
+        "[]",
+        r#"{"type":"req","id":"real","method":"Bad"}"#,
+        r#"{"type":"req","id":7,"method":"health"}"#,
+    ] {
+        ws.send(tungstenite::Message::text(text))
+            .unwrap_or_else(|e| panic!("{e}"));
         let response = recv_response(&mut ws, "invalid").0;
         assert_eq!(response["ok"], false);
         assert_eq!(response["error"]["code"], "INVALID_INPUT", "{text}");
@@ -165,8 +223,10 @@ fn invalid_frames_answer_with_id_invalid() {
     assert_eq!(unknown["error"]["code"], "METHOD_NOT_FOUND");
     assert_eq!(unknown["error"]["message"], "Unknown method: noSuchMethod");
     let binary = {
-        ws.send(tungstenite::Message::binary(br#"{"type":"req","id":"b","method":"health","params":{}}"#.to_vec()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        ws.send(tungstenite::Message::binary(
+            br#"{"type":"req","id":"b","method":"health","params":{}}"#.to_vec(),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
         recv_response(&mut ws, "b").0
     };
     assert_eq!(binary["ok"], true, "binary messages are decoded as UTF-8");

@@ -18,7 +18,12 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
-        Response { status, content_type, extra_headers: Vec::new(), body }
+        Response {
+            status,
+            content_type,
+            extra_headers: Vec::new(),
+            body,
+        }
     }
 
     pub fn json(status: u16, body: Vec<u8>) -> Response {
@@ -55,7 +60,11 @@ impl Response {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
+        out.extend_from_slice(if keep_alive {
+            b"Connection: keep-alive\r\n\r\n"
+        } else {
+            b"Connection: close\r\n\r\n"
+        });
         if !head_only {
             out.extend_from_slice(&self.body);
         }

@@ -12,11 +12,15 @@ pub enum Route {
     Metrics,
     Workflows,
     AuthSession,
-    Webhook { workflow_key: String },
+    Webhook {
+        workflow_key: String,
+    },
     ApiStream,
     Api,
     /// `POST /v1/rpc/<method>`, method percent-decoded (None when it does not decode to UTF-8).
-    RpcUrl { method: Option<String> },
+    RpcUrl {
+        method: Option<String>,
+    },
     ElectricWrite,
     RpcBody,
     Index,
@@ -41,7 +45,9 @@ pub fn route(method: Method, target: &str) -> Route {
     if method == Method::Post {
         if let Some(key) = path.strip_prefix("/webhooks/") {
             if !key.is_empty() && !key.contains('/') {
-                return Route::Webhook { workflow_key: percent_decode(key).unwrap_or_else(|| key.to_string()) };
+                return Route::Webhook {
+                    workflow_key: percent_decode(key).unwrap_or_else(|| key.to_string()),
+                };
             }
         }
     }
@@ -54,7 +60,9 @@ pub fn route(method: Method, target: &str) -> Route {
     if method == Method::Post {
         if let Some(name) = path.strip_prefix("/v1/rpc/") {
             if !name.is_empty() && !name.contains('/') {
-                return Route::RpcUrl { method: percent_decode(name) };
+                return Route::RpcUrl {
+                    method: percent_decode(name),
+                };
             }
         }
         if path == "/v1/electric/write" {
@@ -77,8 +85,12 @@ pub fn percent_decode(text: &str) -> Option<String> {
     let mut index = 0;
     while let Some(&byte) = bytes.get(index) {
         if byte == b'%' {
-            let high = bytes.get(index + 1).and_then(|b| (*b as char).to_digit(16))?;
-            let low = bytes.get(index + 2).and_then(|b| (*b as char).to_digit(16))?;
+            let high = bytes
+                .get(index + 1)
+                .and_then(|b| (*b as char).to_digit(16))?;
+            let low = bytes
+                .get(index + 2)
+                .and_then(|b| (*b as char).to_digit(16))?;
             out.push((high * 16 + low) as u8);
             index += 3;
         } else {
@@ -87,6 +99,16 @@ pub fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The first value of `name` in a query string, decoded as `URLSearchParams` does (`+` is a space).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(&key.replace('+', " "))?;
+        (key == name)
+            .then(|| percent_decode(&value.replace('+', " ")).unwrap_or_else(|| value.to_string()))
+    })
 }
 
 #[cfg(test)]
@@ -102,12 +124,30 @@ mod tests {
             (Method::Get, "/metrics", Route::Metrics),
             (Method::Get, "/workflows", Route::Workflows),
             (Method::Get, "/v1/auth/session?token=a", Route::AuthSession),
-            (Method::Post, "/webhooks/deploy", Route::Webhook { workflow_key: "deploy".into() }),
+            (
+                Method::Post,
+                "/webhooks/deploy",
+                Route::Webhook {
+                    workflow_key: "deploy".into(),
+                },
+            ),
             (Method::Get, "/v1/api/stream", Route::ApiStream),
             (Method::Get, "/v1/api/runs", Route::Api),
             (Method::Delete, "/v1/api", Route::Api),
-            (Method::Post, "/v1/rpc/getRun", Route::RpcUrl { method: Some("getRun".into()) }),
-            (Method::Post, "/v1/rpc/get%52un?x", Route::RpcUrl { method: Some("getRRun".replace("RR", "R")) }),
+            (
+                Method::Post,
+                "/v1/rpc/getRun",
+                Route::RpcUrl {
+                    method: Some("getRun".into()),
+                },
+            ),
+            (
+                Method::Post,
+                "/v1/rpc/get%52un?x",
+                Route::RpcUrl {
+                    method: Some("getRun".into()),
+                },
+            ),
             (Method::Post, "/v1/rpc/%ff", Route::RpcUrl { method: None }),
             (Method::Get, "/v1/rpc/getRun", Route::NotFound),
             (Method::Post, "/v1/electric/write", Route::ElectricWrite),
@@ -130,13 +170,19 @@ mod tests {
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%zz"), None);
     }
-}
 
-/// The first value of `name` in a query string, decoded as `URLSearchParams` does (`+` is a space).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(&key.replace('+', " "))?;
-        (key == name).then(|| percent_decode(&value.replace('+', " ")).unwrap_or_else(|| value.to_string()))
-    })
+    #[test]
+    fn query_params_decode_like_url_search_params() {
+        assert_eq!(
+            query_param("token=a%2Bb&next=%2Fruns", "token").as_deref(),
+            Some("a+b")
+        );
+        assert_eq!(query_param("token=a+b", "token").as_deref(), Some("a b"));
+        assert_eq!(
+            query_param("next=/x&next=/y", "next").as_deref(),
+            Some("/x")
+        );
+        assert_eq!(query_param("a=1", "token"), None);
+        assert_eq!(query_param("flag", "flag").as_deref(), Some(""));
+    }
 }

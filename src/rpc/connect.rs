@@ -53,7 +53,10 @@ fn check_protocol_number(name: &str, value: f64) -> Result<u64, RpcError> {
 /// Steps 1–4 of PROTOCOL.md §6.2 (shape, protocol numbers, negotiation).
 pub fn validate(params: &Value, server_protocol: u32) -> Result<ConnectRequest, RpcError> {
     let Value::Object(fields) = params else {
-        return Err(RpcError::new(ErrorCode::InvalidRequestLegacy, "Connect params must be an object"));
+        return Err(RpcError::new(
+            ErrorCode::InvalidRequestLegacy,
+            "Connect params must be an object",
+        ));
     };
     let min = fields.get("minProtocol").and_then(|v| v.cast_f64());
     let max = fields.get("maxProtocol").and_then(|v| v.cast_f64());
@@ -73,11 +76,18 @@ pub fn validate(params: &Value, server_protocol: u32) -> Result<ConnectRequest, 
             format!("Gateway protocol {server_protocol} is not supported by the client"),
         ));
     }
-    let token = fields.get("auth").and_then(|auth| auth.get("token")).and_then(|t| t.as_str()).map(str::to_string);
+    let token = fields
+        .get("auth")
+        .and_then(|auth| auth.get("token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
     let subscribe = match fields.get("subscribe") {
-        Some(Value::Array(entries)) => {
-            Some(entries.iter().filter_map(|entry| entry.as_str().map(str::to_string)).collect())
-        }
+        Some(Value::Array(entries)) => Some(
+            entries
+                .iter()
+                .filter_map(|entry| entry.as_str().map(str::to_string))
+                .collect(),
+        ),
         _ => None,
     };
     Ok(ConnectRequest { token, subscribe })
@@ -90,7 +100,13 @@ pub fn hello(state: &GatewayState, principal: &Principal, session_token: &str) -
         ("protocol", Value::from(u64::from(state.config.protocol))),
         ("features", hello_features(state)),
         ("identity", identity(state)),
-        ("policy", object(vec![("heartbeatMs", Value::from(state.config.heartbeat_ms))])),
+        (
+            "policy",
+            object(vec![(
+                "heartbeatMs",
+                Value::from(state.config.heartbeat_ms),
+            )]),
+        ),
         (
             "auth",
             object(vec![
@@ -98,7 +114,13 @@ pub fn hello(state: &GatewayState, principal: &Principal, session_token: &str) -
                 ("role", Value::from(principal.role.as_str())),
                 (
                     "scopes",
-                    Value::Array(Box::new(principal.scopes.iter().map(|s| Value::from(s.as_str())).collect())),
+                    Value::Array(Box::new(
+                        principal
+                            .scopes
+                            .iter()
+                            .map(|s| Value::from(s.as_str()))
+                            .collect(),
+                    )),
                 ),
                 ("userId", optional(&principal.user_id)),
                 ("tokenId", optional(&principal.token_id)),
@@ -135,17 +157,61 @@ mod tests {
     #[test]
     fn validates_in_the_reference_order() {
         let rows: &[(&str, ErrorCode, &str)] = &[
-            ("[]", ErrorCode::InvalidRequestLegacy, "Connect params must be an object"),
-            ("5", ErrorCode::InvalidRequestLegacy, "Connect params must be an object"),
-            (r#"{"maxProtocol":1,"client":{}}"#, ErrorCode::InvalidRequestLegacy, "Connect request is missing protocol negotiation fields"),
-            (r#"{"minProtocol":"1","maxProtocol":1,"client":{}}"#, ErrorCode::InvalidRequestLegacy, "Connect request is missing protocol negotiation fields"),
-            (r#"{"minProtocol":1,"maxProtocol":1}"#, ErrorCode::InvalidRequestLegacy, "Connect request is missing protocol negotiation fields"),
-            (r#"{"minProtocol":1,"maxProtocol":1,"client":""}"#, ErrorCode::InvalidRequestLegacy, "Connect request is missing protocol negotiation fields"),
-            (r#"{"minProtocol":1,"maxProtocol":1,"client":0}"#, ErrorCode::InvalidRequestLegacy, "Connect request is missing protocol negotiation fields"),
-            (r#"{"minProtocol":0,"maxProtocol":1,"client":{}}"#, ErrorCode::InvalidInputLegacy, "minProtocol must be a finite number greater than 0."),
-            (r#"{"minProtocol":1,"maxProtocol":-2,"client":{}}"#, ErrorCode::InvalidInputLegacy, "maxProtocol must be a finite number greater than 0."),
-            (r#"{"minProtocol":1.5,"maxProtocol":2,"client":{}}"#, ErrorCode::InvalidInputLegacy, "minProtocol must be an integer greater than 0."),
-            (r#"{"minProtocol":2,"maxProtocol":3,"client":{}}"#, ErrorCode::ProtocolUnsupported, "Gateway protocol 1 is not supported by the client"),
+            (
+                "[]",
+                ErrorCode::InvalidRequestLegacy,
+                "Connect params must be an object",
+            ),
+            (
+                "5",
+                ErrorCode::InvalidRequestLegacy,
+                "Connect params must be an object",
+            ),
+            (
+                r#"{"maxProtocol":1,"client":{}}"#,
+                ErrorCode::InvalidRequestLegacy,
+                "Connect request is missing protocol negotiation fields",
+            ),
+            (
+                r#"{"minProtocol":"1","maxProtocol":1,"client":{}}"#,
+                ErrorCode::InvalidRequestLegacy,
+                "Connect request is missing protocol negotiation fields",
+            ),
+            (
+                r#"{"minProtocol":1,"maxProtocol":1}"#,
+                ErrorCode::InvalidRequestLegacy,
+                "Connect request is missing protocol negotiation fields",
+            ),
+            (
+                r#"{"minProtocol":1,"maxProtocol":1,"client":""}"#,
+                ErrorCode::InvalidRequestLegacy,
+                "Connect request is missing protocol negotiation fields",
+            ),
+            (
+                r#"{"minProtocol":1,"maxProtocol":1,"client":0}"#,
+                ErrorCode::InvalidRequestLegacy,
+                "Connect request is missing protocol negotiation fields",
+            ),
+            (
+                r#"{"minProtocol":0,"maxProtocol":1,"client":{}}"#,
+                ErrorCode::InvalidInputLegacy,
+                "minProtocol must be a finite number greater than 0.",
+            ),
+            (
+                r#"{"minProtocol":1,"maxProtocol":-2,"client":{}}"#,
+                ErrorCode::InvalidInputLegacy,
+                "maxProtocol must be a finite number greater than 0.",
+            ),
+            (
+                r#"{"minProtocol":1.5,"maxProtocol":2,"client":{}}"#,
+                ErrorCode::InvalidInputLegacy,
+                "minProtocol must be an integer greater than 0.",
+            ),
+            (
+                r#"{"minProtocol":2,"maxProtocol":3,"client":{}}"#,
+                ErrorCode::ProtocolUnsupported,
+                "Gateway protocol 1 is not supported by the client",
+            ),
         ];
         for (text, code, message) in rows {
             assert_eq!(error_of(text), (*code, message.to_string()), "{text}");
@@ -163,10 +229,22 @@ mod tests {
         let subscribe = request.subscribe.unwrap_or_default();
         assert_eq!(subscribe.len(), 2);
         assert!(subscribe.contains("r1") && subscribe.contains("browser:b"));
-        let bare = validate(&params(r#"{"minProtocol":1,"maxProtocol":1,"client":true,"auth":{"token":7}}"#), 1)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(bare, ConnectRequest { token: None, subscribe: None });
-        let one_float = validate(&params(r#"{"minProtocol":1.0,"maxProtocol":1,"client":1}"#), 1);
+        let bare = validate(
+            &params(r#"{"minProtocol":1,"maxProtocol":1,"client":true,"auth":{"token":7}}"#),
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            bare,
+            ConnectRequest {
+                token: None,
+                subscribe: None
+            }
+        );
+        let one_float = validate(
+            &params(r#"{"minProtocol":1.0,"maxProtocol":1,"client":1}"#),
+            1,
+        );
         assert!(one_float.is_ok());
     }
 }

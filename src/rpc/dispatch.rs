@@ -34,13 +34,21 @@ pub fn check_scope(principal: &Principal, method: &str) -> Result<(), RpcError> 
     }
     Err(RpcError::new(
         ErrorCode::Forbidden,
-        format!("Missing required scope {} for {}", required.as_str(), method),
+        format!(
+            "Missing required scope {} for {}",
+            required.as_str(),
+            method
+        ),
     )
     .with("requiredScope", required.as_str()))
 }
 
 /// Runs one call. `connect` never reaches here on a socket (the session handles it).
-pub fn dispatch(context: &CallContext<'_>, method: &str, params: &Value) -> Result<Value, RpcError> {
+pub fn dispatch(
+    context: &CallContext<'_>,
+    method: &str,
+    params: &Value,
+) -> Result<Value, RpcError> {
     check_scope(context.principal, method)?;
     if context.transport == Transport::Http && WEBSOCKET_ONLY_METHODS.contains(&method) {
         return Err(RpcError::new(
@@ -56,14 +64,24 @@ pub fn dispatch(context: &CallContext<'_>, method: &str, params: &Value) -> Resu
             format!("Unknown extension method: {method}"),
         )
         .with("method", method)),
-        _ => Err(RpcError::new(ErrorCode::MethodNotFound, format!("Unknown method: {method}"))),
+        _ => Err(RpcError::new(
+            ErrorCode::MethodNotFound,
+            format!("Unknown method: {method}"),
+        )),
     }
 }
 
 /// `identity` of health and hello (PROTOCOL.md §2.1).
 pub fn identity(state: &GatewayState) -> Value {
     object(vec![
-        ("workspaceRoot", state.config.workspace_root.clone().map_or(Value::null(), Value::from)),
+        (
+            "workspaceRoot",
+            state
+                .config
+                .workspace_root
+                .clone()
+                .map_or(Value::null(), Value::from),
+        ),
         ("backend", Value::null()),
         ("version", Value::from(env!("CARGO_PKG_VERSION"))),
         ("pid", Value::from(u64::from(state.pid))),
@@ -72,7 +90,14 @@ pub fn identity(state: &GatewayState) -> Value {
 }
 
 fn features(state: &GatewayState) -> Value {
-    Value::Array(Box::new(state.config.features.iter().map(|f| Value::from(f.as_str())).collect()))
+    Value::Array(Box::new(
+        state
+            .config
+            .features
+            .iter()
+            .map(|f| Value::from(f.as_str()))
+            .collect(),
+    ))
 }
 
 /// `GET /health` body (with `ok`).
@@ -94,7 +119,10 @@ pub fn health_payload(state: &GatewayState) -> Value {
         ("protocol", Value::from(u64::from(state.config.protocol))),
         ("features", features(state)),
         ("stateVersion", Value::from(state.state_version())),
-        ("uptimeMs", Value::from(state.started_at.elapsed().as_millis() as u64)),
+        (
+            "uptimeMs",
+            Value::from(state.started_at.elapsed().as_millis() as u64),
+        ),
         ("identity", identity(state)),
         ("workflowsLoaded", Value::from(0u64)),
         ("workflowsTotal", Value::from(0u64)),

@@ -8,8 +8,8 @@
 
 use super::{Object, Value};
 use crate::config::{
-    FRAME_ARRAY_ITEMS_MAX, FRAME_DEPTH_MAX, FRAME_ID_CHARS_MAX, FRAME_STRING_UTF16_MAX, METHOD_NAME_CHARS_MAX,
-    STARTED_BY_PROMPT_CHARS_MAX,
+    FRAME_ARRAY_ITEMS_MAX, FRAME_DEPTH_MAX, FRAME_ID_CHARS_MAX, FRAME_STRING_UTF16_MAX,
+    METHOD_NAME_CHARS_MAX, STARTED_BY_PROMPT_CHARS_MAX,
 };
 use crate::error::{ErrorCode, RpcError};
 use simd_json::prelude::*;
@@ -35,13 +35,17 @@ fn invalid_input(message: impl Into<String>) -> RpcError {
 fn parse_json(bytes: &mut [u8]) -> Result<Value, RpcError> {
     match simd_json::to_owned_value(bytes) {
         Ok(value) => Ok(value),
-        Err(error) if matches!(error.error(), simd_json::ErrorType::DepthLimitExceeded) => Err(depth_error()),
+        Err(error) if matches!(error.error(), simd_json::ErrorType::DepthLimitExceeded) => {
+            Err(depth_error())
+        }
         Err(_) => Err(invalid_input("Gateway RPC payload must be valid JSON.")),
     }
 }
 
 fn depth_error() -> RpcError {
-    invalid_input(format!("gateway frame exceeds the maximum JSON depth of {FRAME_DEPTH_MAX}."))
+    invalid_input(format!(
+        "gateway frame exceeds the maximum JSON depth of {FRAME_DEPTH_MAX}."
+    ))
 }
 
 /// Clips `options.startedBy.prompt` of `container` to 8,192 code points (PROTOCOL.md §4.2 step 4):
@@ -74,9 +78,9 @@ fn check_bounds_at(value: &Value, depth: usize) -> Result<(), RpcError> {
         return Err(depth_error());
     }
     match value {
-        Value::Static(simd_json::StaticNode::F64(number)) if !number.is_finite() => {
-            Err(invalid_input("gateway frame contains a number that is not finite."))
-        }
+        Value::Static(simd_json::StaticNode::F64(number)) if !number.is_finite() => Err(
+            invalid_input("gateway frame contains a number that is not finite."),
+        ),
         Value::Static(_) => Ok(()),
         Value::String(text) => {
             if string_within_bound(text) {
@@ -93,7 +97,9 @@ fn check_bounds_at(value: &Value, depth: usize) -> Result<(), RpcError> {
                     "gateway frame array exceeds the maximum length of {FRAME_ARRAY_ITEMS_MAX}."
                 )));
             }
-            items.iter().try_for_each(|item| check_bounds_at(item, depth + 1))
+            items
+                .iter()
+                .try_for_each(|item| check_bounds_at(item, depth + 1))
         }
         Value::Object(object) => object.iter().try_for_each(|(key, item)| {
             if !string_within_bound(key) {
@@ -128,9 +134,14 @@ fn check_method(method: Option<&Value>) -> Result<String, RpcError> {
 
 /// Parses one WebSocket message (PROTOCOL.md §5.3). On error the caller answers with id
 /// `"invalid"`. `message_bytes_max` is `maxPayload`.
-pub fn parse_ws_request(mut bytes: Vec<u8>, message_bytes_max: usize) -> Result<RequestFrame, RpcError> {
+pub fn parse_ws_request(
+    mut bytes: Vec<u8>,
+    message_bytes_max: usize,
+) -> Result<RequestFrame, RpcError> {
     if bytes.len() > message_bytes_max {
-        return Err(invalid_input(format!("Gateway RPC payload exceeds {message_bytes_max} bytes.")));
+        return Err(invalid_input(format!(
+            "Gateway RPC payload exceeds {message_bytes_max} bytes."
+        )));
     }
     let mut value = parse_json(&mut bytes)?;
     if let Some(params) = value.get_mut("params") {
@@ -146,12 +157,16 @@ pub fn parse_ws_request(mut bytes: Vec<u8>, message_bytes_max: usize) -> Result<
     let id = match object.get("id") {
         Some(Value::String(id)) if id.chars().count() <= FRAME_ID_CHARS_MAX => id.clone(),
         Some(Value::String(_)) => {
-            return Err(invalid_input(format!("id exceeds the maximum length of {FRAME_ID_CHARS_MAX} characters.")))
+            return Err(invalid_input(format!(
+                "id exceeds the maximum length of {FRAME_ID_CHARS_MAX} characters."
+            )))
         }
         _ => return Err(invalid_input("Gateway frame id must be a string.")),
     };
     let method = check_method(object.get("method"))?;
-    let params = object.remove("params").unwrap_or_else(|| Value::Object(Box::default()));
+    let params = object
+        .remove("params")
+        .unwrap_or_else(|| Value::Object(Box::default()));
     Ok(RequestFrame { id, method, params })
 }
 
@@ -173,15 +188,25 @@ pub struct HttpFrameError {
 
 /// Parses an HTTP RPC body (PROTOCOL.md §4.2 steps 2–6). `request_id` is `X-Request-Id` or a
 /// fresh UUID: failures here are answered with it, not with the body's id.
-pub fn parse_http_request(mut body: Vec<u8>, route: HttpRoute<'_>, request_id: &str) -> Result<RequestFrame, HttpFrameError> {
-    let fail = |error: RpcError| HttpFrameError { error, id: request_id.to_string() };
+pub fn parse_http_request(
+    mut body: Vec<u8>,
+    route: HttpRoute<'_>,
+    request_id: &str,
+) -> Result<RequestFrame, HttpFrameError> {
+    let fail = |error: RpcError| HttpFrameError {
+        error,
+        id: request_id.to_string(),
+    };
     let mut value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Box::default())
     } else {
         parse_json(&mut body).map_err(fail)?
     };
     let Value::Object(_) = value else {
-        return Err(fail(RpcError::new(ErrorCode::InvalidRequestLegacy, "RPC body must be a JSON object")));
+        return Err(fail(RpcError::new(
+            ErrorCode::InvalidRequestLegacy,
+            "RPC body must be a JSON object",
+        )));
     };
     if let Some(params) = value.get_mut("params") {
         clip_started_by_prompt(params);
@@ -189,7 +214,10 @@ pub fn parse_http_request(mut body: Vec<u8>, route: HttpRoute<'_>, request_id: &
     clip_started_by_prompt(&mut value);
     check_bounds(&value).map_err(fail)?;
     let Value::Object(mut object) = value else {
-        return Err(fail(RpcError::new(ErrorCode::InvalidRequestLegacy, "RPC body must be a JSON object")));
+        return Err(fail(RpcError::new(
+            ErrorCode::InvalidRequestLegacy,
+            "RPC body must be a JSON object",
+        )));
     };
     let method = match route {
         HttpRoute::Url(name) => {
@@ -212,7 +240,9 @@ pub fn parse_http_request(mut body: Vec<u8>, route: HttpRoute<'_>, request_id: &
     };
     let params = match route {
         HttpRoute::Url(_) if !object.contains_key("method") => Value::Object(object),
-        _ => object.remove("params").unwrap_or_else(|| Value::Object(Box::default())),
+        _ => object
+            .remove("params")
+            .unwrap_or_else(|| Value::Object(Box::default())),
     };
     Ok(RequestFrame { id, method, params })
 }
@@ -309,8 +339,12 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(frame.id, "a-1");
         assert_eq!(frame.method, "getRun");
-        assert_eq!(frame.params.get("runId").and_then(|v| v.as_str()), Some("r"));
-        let no_params = ws(r#"{"type":"req","id":"b","method":"health"}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            frame.params.get("runId").and_then(|v| v.as_str()),
+            Some("r")
+        );
+        let no_params =
+            ws(r#"{"type":"req","id":"b","method":"health"}"#).unwrap_or_else(|e| panic!("{e}"));
         assert!(no_params.params.is_object());
     }
 
@@ -321,40 +355,82 @@ mod tests {
             message_of(parse_ws_request(vec![b' '; 11], 10)),
             "Gateway RPC payload exceeds 10 bytes."
         );
-        assert_eq!(message_of(ws("{")), "Gateway RPC payload must be valid JSON.");
-        assert_eq!(message_of(ws("[1,2]")), "Gateway frame must be a request object.");
-        assert_eq!(message_of(ws(r#"{"type":"res","id":"x","method":"a"}"#)), "Gateway frame must be a request object.");
-        assert_eq!(message_of(ws(r#"{"type":"req","id":5,"method":"a"}"#)), "Gateway frame id must be a string.");
+        assert_eq!(
+            message_of(ws("{")),
+            "Gateway RPC payload must be valid JSON."
+        );
+        assert_eq!(
+            message_of(ws("[1,2]")),
+            "Gateway frame must be a request object."
+        );
+        assert_eq!(
+            message_of(ws(r#"{"type":"res","id":"x","method":"a"}"#)),
+            "Gateway frame must be a request object."
+        );
+        assert_eq!(
+            message_of(ws(r#"{"type":"req","id":5,"method":"a"}"#)),
+            "Gateway frame id must be a string."
+        );
         let long_id = "x".repeat(129);
         assert_eq!(
-            message_of(ws(&format!(r#"{{"type":"req","id":"{long_id}","method":"a"}}"#))),
+            message_of(ws(&format!(
+                r#"{{"type":"req","id":"{long_id}","method":"a"}}"#
+            ))),
             "id exceeds the maximum length of 128 characters."
         );
         let id_128 = "é".repeat(128);
         assert!(ws(&format!(r#"{{"type":"req","id":"{id_128}","method":"a"}}"#)).is_ok());
-        assert_eq!(message_of(ws(r#"{"type":"req","id":"x"}"#)), "Gateway method name must be a string.");
-        assert_eq!(message_of(ws(r#"{"type":"req","id":"x","method":"Bad"}"#)), "Gateway method name is invalid.");
-        assert_eq!(message_of(ws(r#"{"type":"req","id":"x","method":"a..b"}"#)), "Gateway method name is invalid.");
+        assert_eq!(
+            message_of(ws(r#"{"type":"req","id":"x"}"#)),
+            "Gateway method name must be a string."
+        );
+        assert_eq!(
+            message_of(ws(r#"{"type":"req","id":"x","method":"Bad"}"#)),
+            "Gateway method name is invalid."
+        );
+        assert_eq!(
+            message_of(ws(r#"{"type":"req","id":"x","method":"a..b"}"#)),
+            "Gateway method name is invalid."
+        );
         let long_method = format!("a{}", "b".repeat(64));
         assert_eq!(
-            message_of(ws(&format!(r#"{{"type":"req","id":"x","method":"{long_method}"}}"#))),
+            message_of(ws(&format!(
+                r#"{{"type":"req","id":"x","method":"{long_method}"}}"#
+            ))),
             "Gateway method name is invalid."
         );
     }
 
     #[test]
     fn method_names_follow_the_pattern() {
-        for good in ["health", "runs.create", "a", "getRun2", "cron.list", "a.b.c"] {
+        for good in [
+            "health",
+            "runs.create",
+            "a",
+            "getRun2",
+            "cron.list",
+            "a.b.c",
+        ] {
             assert!(is_valid_method_name(good), "{good}");
         }
-        for bad in ["", "Health", "runs.", ".runs", "runs..create", "run-s", "1run", "runs.Create", "ü"] {
+        for bad in [
+            "",
+            "Health",
+            "runs.",
+            ".runs",
+            "runs..create",
+            "run-s",
+            "1run",
+            "runs.Create",
+            "ü",
+        ] {
             assert!(!is_valid_method_name(bad), "{bad}");
         }
     }
 
     #[test]
     fn bounds_count_depth_from_one_with_scalars() {
-        // Top object is depth 1; `params` depth 2; nesting k more arrays puts the scalar at 2 + k + 1.
+        // Top object is depth 1; `params` is depth 2, so k nested arrays put the scalar at depth k + 2.
         let nest = |arrays: usize| {
             format!(
                 r#"{{"type":"req","id":"x","method":"a","params":{}1{}}}"#,
@@ -362,17 +438,29 @@ mod tests {
                 "]".repeat(arrays)
             )
         };
-        assert!(ws(&nest(29)).is_ok(), "scalar at depth 32");
-        assert!(message_of(ws(&nest(30))).contains("maximum JSON depth of 32"));
+        assert!(ws(&nest(30)).is_ok(), "scalar at depth 32");
+        assert!(message_of(ws(&nest(31))).contains("maximum JSON depth of 32"));
         assert!(message_of(ws(&nest(2000))).contains("maximum JSON depth of 32"));
-        let big_array = format!(r#"{{"type":"req","id":"x","method":"a","params":[{}0]}}"#, "0,".repeat(256));
+        let big_array = format!(
+            r#"{{"type":"req","id":"x","method":"a","params":[{}0]}}"#,
+            "0,".repeat(256)
+        );
         assert!(message_of(ws(&big_array)).contains("array exceeds"));
-        let long_string = format!(r#"{{"type":"req","id":"x","method":"a","params":"{}"}}"#, "a".repeat(16_385));
+        let long_string = format!(
+            r#"{{"type":"req","id":"x","method":"a","params":"{}"}}"#,
+            "a".repeat(16_385)
+        );
         assert!(message_of(ws(&long_string)).contains("string exceeds"));
         // 16,384 UTF-16 units is the limit, counted in UTF-16 (an astral char is two units).
-        let astral = format!(r#"{{"type":"req","id":"x","method":"a","params":"{}"}}"#, "😀".repeat(8_192));
+        let astral = format!(
+            r#"{{"type":"req","id":"x","method":"a","params":"{}"}}"#,
+            "😀".repeat(8_192)
+        );
         assert!(ws(&astral).is_ok());
-        let astral_over = format!(r#"{{"type":"req","id":"x","method":"a","params":"{}a"}}"#, "😀".repeat(8_192));
+        let astral_over = format!(
+            r#"{{"type":"req","id":"x","method":"a","params":"{}a"}}"#,
+            "😀".repeat(8_192)
+        );
         assert!(message_of(ws(&astral_over)).contains("string exceeds"));
     }
 
@@ -395,8 +483,12 @@ mod tests {
 
     #[test]
     fn http_bodies_follow_the_route() {
-        let url = parse_http_request(br#"{"runId":"r"}"#.to_vec(), HttpRoute::Url("getRun"), "req-1")
-            .unwrap_or_else(|e| panic!("{:?}", e.error));
+        let url = parse_http_request(
+            br#"{"runId":"r"}"#.to_vec(),
+            HttpRoute::Url("getRun"),
+            "req-1",
+        )
+        .unwrap_or_else(|e| panic!("{:?}", e.error));
         assert_eq!((url.id.as_str(), url.method.as_str()), ("req-1", "getRun"));
         assert_eq!(url.params.get("runId").and_then(|v| v.as_str()), Some("r"));
         let enveloped = parse_http_request(
@@ -405,26 +497,52 @@ mod tests {
             "req-2",
         )
         .unwrap_or_else(|e| panic!("{:?}", e.error));
-        assert_eq!((enveloped.id.as_str(), enveloped.method.as_str()), ("b1", "getRun"));
-        assert_eq!(enveloped.params.get("runId").and_then(|v| v.as_str()), Some("r"));
+        assert_eq!(
+            (enveloped.id.as_str(), enveloped.method.as_str()),
+            ("b1", "getRun")
+        );
+        assert_eq!(
+            enveloped.params.get("runId").and_then(|v| v.as_str()),
+            Some("r")
+        );
         let body = parse_http_request(br#"{"method":"health"}"#.to_vec(), HttpRoute::Body, "req-3")
             .unwrap_or_else(|e| panic!("{:?}", e.error));
-        assert_eq!((body.id.as_str(), body.method.as_str()), ("req-3", "health"));
-        let empty = parse_http_request(Vec::new(), HttpRoute::Url("health"), "req-4").unwrap_or_else(|e| panic!("{:?}", e.error));
+        assert_eq!(
+            (body.id.as_str(), body.method.as_str()),
+            ("req-3", "health")
+        );
+        let empty = parse_http_request(Vec::new(), HttpRoute::Url("health"), "req-4")
+            .unwrap_or_else(|e| panic!("{:?}", e.error));
         assert!(empty.params.is_object());
-        let not_object = parse_http_request(b"[1]".to_vec(), HttpRoute::Body, "req-5").err().map(|e| (e.error.code, e.id));
-        assert_eq!(not_object, Some((ErrorCode::InvalidRequestLegacy, "req-5".to_string())));
-        let bad_json = parse_http_request(b"{".to_vec(), HttpRoute::Body, "req-6").err().map(|e| e.error.message);
-        assert_eq!(bad_json.as_deref(), Some("Gateway RPC payload must be valid JSON."));
+        let not_object = parse_http_request(b"[1]".to_vec(), HttpRoute::Body, "req-5")
+            .err()
+            .map(|e| (e.error.code, e.id));
+        assert_eq!(
+            not_object,
+            Some((ErrorCode::InvalidRequestLegacy, "req-5".to_string()))
+        );
+        let bad_json = parse_http_request(b"{".to_vec(), HttpRoute::Body, "req-6")
+            .err()
+            .map(|e| e.error.message);
+        assert_eq!(
+            bad_json.as_deref(),
+            Some("Gateway RPC payload must be valid JSON.")
+        );
     }
 
     #[test]
     fn encodes_frames() {
         let ok = encode_response_ok("a\"1", &Value::Static(simd_json::StaticNode::Null));
-        assert_eq!(String::from_utf8_lossy(&ok), r#"{"type":"res","id":"a\"1","ok":true,"apiVersion":"v1","payload":null}"#);
+        assert_eq!(
+            String::from_utf8_lossy(&ok),
+            r#"{"type":"res","id":"a\"1","ok":true,"apiVersion":"v1","payload":null}"#
+        );
         let mut event = Vec::new();
         encode_event_head(&mut event, 7, 42);
-        event.extend_from_slice(&encode_event_body("tick", &object(vec![("ts", Value::from(5u64))])));
+        event.extend_from_slice(&encode_event_body(
+            "tick",
+            &object(vec![("ts", Value::from(5u64))]),
+        ));
         let parsed: serde_json::Value = serde_json::from_slice(&event).unwrap_or_default();
         assert_eq!(
             parsed,

@@ -7,7 +7,9 @@ use super::worker::{ConnControl, WorkerContext};
 use super::ws_session;
 use crate::auth::{AuthError, HeaderLookup, REFRESH_HINT};
 use crate::error::{ErrorCode, RpcError};
-use crate::http::request::{parse_head, BodyFraming, ChunkedDecoder, HeadLimits, Method, RequestHead};
+use crate::http::request::{
+    parse_head, BodyFraming, ChunkedDecoder, HeadLimits, Method, RequestHead,
+};
 use crate::http::response::{Response, CONTENT_TYPE_HTML, CONTENT_TYPE_PROMETHEUS, CONTINUE};
 use crate::http::router::{route, Route};
 use crate::rpc::dispatch::{self, CallContext, Transport};
@@ -43,7 +45,12 @@ pub enum ReadOutcome {
 }
 
 /// Reads more bytes into `buf` (appending), bounded by `deadline` and by a stop request.
-pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant, control: &ConnControl) -> ReadOutcome {
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    control: &ConnControl,
+) -> ReadOutcome {
     if control.stop_reason().is_some() {
         return ReadOutcome::Stopped;
     }
@@ -69,7 +76,10 @@ pub async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Inst
 
 /// Writes all of `bytes` within `timeout`; false when the peer did not take them in time.
 pub async fn write_all(stream: &mut TcpStream, bytes: Vec<u8>, timeout: Duration) -> bool {
-    matches!(monoio::time::timeout(timeout, stream.write_all(bytes)).await, Ok((Ok(_), _)))
+    matches!(
+        monoio::time::timeout(timeout, stream.write_all(bytes)).await,
+        Ok((Ok(_), _))
+    )
 }
 
 fn head_limits(state: &GatewayState) -> HeadLimits {
@@ -81,7 +91,12 @@ fn head_limits(state: &GatewayState) -> HeadLimits {
 }
 
 /// Serves HTTP requests on `stream` until it closes, fails, times out or is upgraded.
-pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: Rc<WorkerContext>, control: Rc<ConnControl>) {
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    context: Rc<WorkerContext>,
+    control: Rc<ConnControl>,
+) {
     let state = context.state.clone();
     let config = &state.config;
     let limits = head_limits(&state);
@@ -90,7 +105,11 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
     let mut first_request = true;
     loop {
         // Waiting for a head: idle until its first byte, then an absolute header deadline.
-        let idle_ms = if first_request { config.headers_timeout_ms } else { config.keep_alive_timeout_ms };
+        let idle_ms = if first_request {
+            config.headers_timeout_ms
+        } else {
+            config.keep_alive_timeout_ms
+        };
         let idle_deadline = Instant::now() + Duration::from_millis(idle_ms);
         let mut started: Option<Instant> = (!buf.is_empty()).then(Instant::now);
         let (head, head_bytes) = loop {
@@ -101,7 +120,12 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
                     state.counters.http_refusals.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, status = error.status(), %error, "request refused");
                     let body = format!("{error}\n");
-                    let _ = write_all(&mut stream, Response::text(error.status(), &body).encode(false, false), write_timeout).await;
+                    let _ = write_all(
+                        &mut stream,
+                        Response::text(error.status(), &body).encode(false, false),
+                        write_timeout,
+                    )
+                    .await;
                     return;
                 }
             }
@@ -115,7 +139,12 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
                 }
                 ReadOutcome::TimedOut if started.is_some() => {
                     tracing::debug!(%peer, "header deadline passed");
-                    let _ = write_all(&mut stream, Response::text(408, "request timeout\n").encode(false, false), write_timeout).await;
+                    let _ = write_all(
+                        &mut stream,
+                        Response::text(408, "request timeout\n").encode(false, false),
+                        write_timeout,
+                    )
+                    .await;
                     return;
                 }
                 _ => return,
@@ -139,27 +168,43 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
             BodyFraming::ContentLength(length) => {
                 if length > config.body_bytes_max as u64 {
                     let response = oversized_body(&state, &head, &routed);
-                    let _ = write_all(&mut stream, response.encode(false, false), write_timeout).await;
+                    let _ =
+                        write_all(&mut stream, response.encode(false, false), write_timeout).await;
                     return;
                 }
                 let end = head_bytes + length as usize;
-                if head.expect_continue && buf.len() < end && !write_all(&mut stream, CONTINUE.to_vec(), write_timeout).await {
+                if head.expect_continue
+                    && buf.len() < end
+                    && !write_all(&mut stream, CONTINUE.to_vec(), write_timeout).await
+                {
                     return;
                 }
                 while buf.len() < end {
                     match read_more(&mut stream, &mut buf, request_deadline, &control).await {
                         ReadOutcome::Data => {}
                         ReadOutcome::TimedOut => {
-                            let _ = write_all(&mut stream, Response::text(408, "request timeout\n").encode(false, false), write_timeout).await;
+                            let _ = write_all(
+                                &mut stream,
+                                Response::text(408, "request timeout\n").encode(false, false),
+                                write_timeout,
+                            )
+                            .await;
                             return;
                         }
                         _ => return,
                     }
                 }
-                (buf.get(head_bytes..end).map(<[u8]>::to_vec).unwrap_or_default(), end)
+                (
+                    buf.get(head_bytes..end)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default(),
+                    end,
+                )
             }
             BodyFraming::Chunked => {
-                if head.expect_continue && !write_all(&mut stream, CONTINUE.to_vec(), write_timeout).await {
+                if head.expect_continue
+                    && !write_all(&mut stream, CONTINUE.to_vec(), write_timeout).await
+                {
                     return;
                 }
                 let mut decoder = ChunkedDecoder::new(config.body_bytes_max);
@@ -176,14 +221,24 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
                             } else {
                                 Response::text(error.status(), &format!("{error}\n"))
                             };
-                            let _ = write_all(&mut stream, response.encode(false, false), write_timeout).await;
+                            let _ = write_all(
+                                &mut stream,
+                                response.encode(false, false),
+                                write_timeout,
+                            )
+                            .await;
                             return;
                         }
                     }
                     match read_more(&mut stream, &mut buf, request_deadline, &control).await {
                         ReadOutcome::Data => {}
                         ReadOutcome::TimedOut => {
-                            let _ = write_all(&mut stream, Response::text(408, "request timeout\n").encode(false, false), write_timeout).await;
+                            let _ = write_all(
+                                &mut stream,
+                                Response::text(408, "request timeout\n").encode(false, false),
+                                write_timeout,
+                            )
+                            .await;
                             return;
                         }
                         _ => return,
@@ -192,9 +247,17 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
             }
         };
         let response = handle(&state, &head, routed, body);
-        let keep_alive = head.keep_alive && control.stop_reason().is_none() && !context.is_stopping();
+        let keep_alive =
+            head.keep_alive && control.stop_reason().is_none() && !context.is_stopping();
         let head_only = head.method == Method::Head;
-        if !write_all(&mut stream, response.encode(keep_alive, head_only), write_timeout).await || !keep_alive {
+        if !write_all(
+            &mut stream,
+            response.encode(keep_alive, head_only),
+            write_timeout,
+        )
+        .await
+            || !keep_alive
+        {
             return;
         }
         buf.drain(..consumed.min(buf.len()));
@@ -205,7 +268,9 @@ pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, context: R
 }
 
 fn request_id(head: &RequestHead) -> String {
-    head.header_str("x-request-id").map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    head.header_str("x-request-id")
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 pub fn auth_rpc_error(error: &AuthError) -> RpcError {
@@ -225,7 +290,13 @@ fn rpc_error_response(id: &str, error: &RpcError) -> Response {
 fn envelope_error(error: &RpcError) -> Response {
     let body = frame::object(vec![
         ("ok", Value::from(false)),
-        ("error", frame::object(vec![("code", Value::from(error.code.as_str())), ("message", Value::from(error.message.as_str()))])),
+        (
+            "error",
+            frame::object(vec![
+                ("code", Value::from(error.code.as_str())),
+                ("message", Value::from(error.message.as_str())),
+            ]),
+        ),
     ]);
     let mut bytes = Vec::new();
     frame::write_value(&mut bytes, &body);
@@ -240,11 +311,17 @@ fn route_not_found() -> RpcError {
 /// only after authentication; the connection is closed either way (the body is never read).
 fn oversized_body(state: &GatewayState, head: &RequestHead, routed: &Route) -> Response {
     let limit = state.config.body_bytes_max;
-    let too_large = RpcError::new(ErrorCode::PayloadTooLarge, format!("Gateway request payload exceeds {limit} bytes."));
+    let too_large = RpcError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("Gateway request payload exceeds {limit} bytes."),
+    );
     match routed {
         Route::RpcBody | Route::RpcUrl { .. } => {
             let id = request_id(head);
-            match state.authenticator.authenticate(&HeadHeaders(head), None, crate::clock::now_ms()) {
+            match state
+                .authenticator
+                .authenticate(&HeadHeaders(head), None, crate::clock::now_ms())
+            {
                 Err(error) => rpc_error_response(&id, &auth_rpc_error(&error)),
                 Ok(_) => rpc_error_response(&id, &too_large),
             }
@@ -260,13 +337,21 @@ fn handle(state: &GatewayState, head: &RequestHead, routed: Route, body: Vec<u8>
             frame::write_value(&mut bytes, &dispatch::health_http_body(state));
             Response::json(200, bytes)
         }
-        Route::Metrics => Response::new(200, CONTENT_TYPE_PROMETHEUS, crate::metrics::render(state).into_bytes()),
+        Route::Metrics => Response::new(
+            200,
+            CONTENT_TYPE_PROMETHEUS,
+            crate::metrics::render(state).into_bytes(),
+        ),
         Route::Workflows => Response::json(200, br#"{"workflows":[]}"#.to_vec()),
-        Route::Webhook { workflow_key } => {
-            envelope_error(&RpcError::new(ErrorCode::NotFound, format!("Unknown workflow: {workflow_key}")))
-        }
+        Route::Webhook { workflow_key } => envelope_error(&RpcError::new(
+            ErrorCode::NotFound,
+            format!("Unknown workflow: {workflow_key}"),
+        )),
         Route::ApiStream | Route::Api => {
-            match state.authenticator.authenticate(&HeadHeaders(head), None, crate::clock::now_ms()) {
+            match state
+                .authenticator
+                .authenticate(&HeadHeaders(head), None, crate::clock::now_ms())
+            {
                 Err(error) => envelope_error(&auth_rpc_error(&error)),
                 Ok(_) => envelope_error(&route_not_found()),
             }
@@ -276,30 +361,48 @@ fn handle(state: &GatewayState, head: &RequestHead, routed: Route, body: Vec<u8>
         Route::RpcUrl { method: Some(name) } => http_rpc(state, head, HttpRoute::Url(&name), body),
         Route::RpcUrl { method: None } => http_rpc(state, head, HttpRoute::Url(""), body),
         Route::Index => Response::new(200, CONTENT_TYPE_HTML, INDEX_PAGE.as_bytes().to_vec()),
-        Route::ElectricWrite | Route::NotFound => {
-            Response::json(404, br#"{"error":{"code":"NOT_FOUND","message":"Route not found"}}"#.to_vec())
-        }
+        Route::ElectricWrite | Route::NotFound => Response::json(
+            404,
+            br#"{"error":{"code":"NOT_FOUND","message":"Route not found"}}"#.to_vec(),
+        ),
     }
 }
 
 const INDEX_PAGE: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Smithers Gateway</title></head>\n<body><h1>Smithers Gateway</h1><ul><li><a href=\"/health\">/health</a></li><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/workflows\">/workflows</a></li></ul></body></html>\n";
 
 /// `POST /rpc` and `POST /v1/rpc/<method>` (PROTOCOL.md §4.2).
-fn http_rpc(state: &GatewayState, head: &RequestHead, route: HttpRoute<'_>, body: Vec<u8>) -> Response {
+fn http_rpc(
+    state: &GatewayState,
+    head: &RequestHead,
+    route: HttpRoute<'_>,
+    body: Vec<u8>,
+) -> Response {
     let id = request_id(head);
-    let principal = match state.authenticator.authenticate(&HeadHeaders(head), None, crate::clock::now_ms()) {
-        Ok(principal) => principal,
-        Err(error) => {
-            state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(code = "UNAUTHORIZED", reason = error.message, "HTTP RPC refused");
-            return rpc_error_response(&id, &auth_rpc_error(&error));
-        }
-    };
+    let principal =
+        match state
+            .authenticator
+            .authenticate(&HeadHeaders(head), None, crate::clock::now_ms())
+        {
+            Ok(principal) => principal,
+            Err(error) => {
+                state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    code = "UNAUTHORIZED",
+                    reason = error.message,
+                    "HTTP RPC refused"
+                );
+                return rpc_error_response(&id, &auth_rpc_error(&error));
+            }
+        };
     let request = match frame::parse_http_request(body, route, &id) {
         Ok(request) => request,
         Err(failure) => return rpc_error_response(&failure.id, &failure.error),
     };
-    let context = CallContext { state, principal: &principal, transport: Transport::Http };
+    let context = CallContext {
+        state,
+        principal: &principal,
+        transport: Transport::Http,
+    };
     match dispatch::dispatch(&context, &request.method, &request.params) {
         Ok(payload) => Response::json(200, encode_response_ok(&request.id, &payload)),
         Err(error) => {
@@ -323,7 +426,10 @@ async fn upgrade(
     let config = &state.config;
     let write_timeout = Duration::from_millis(config.request_timeout_ms);
     let refuse = |status: u16, body: &str| {
-        state.counters.ws_upgrade_refusals.fetch_add(1, Ordering::Relaxed);
+        state
+            .counters
+            .ws_upgrade_refusals
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, status, "upgrade refused");
         handshake::refusal(status, body)
     };
@@ -333,17 +439,22 @@ async fn upgrade(
         return;
     }
     let counters = &state.counters;
-    let slot = if counters.authenticated_connections.load(Ordering::Acquire) >= config.connections_max {
-        None
-    } else {
-        Slot::try_acquire(&state, SlotKind::PreAuth, config.pre_auth_connections_max)
-    };
+    let slot =
+        if counters.authenticated_connections.load(Ordering::Acquire) >= config.connections_max {
+            None
+        } else {
+            Slot::try_acquire(&state, SlotKind::PreAuth, config.pre_auth_connections_max)
+        };
     let Some(slot) = slot else {
         let bytes = refuse(503, "Gateway connection limit reached\n");
         let _ = write_all(&mut stream, bytes, write_timeout).await;
         return;
     };
-    if state.authenticator.check_gates(&HeadHeaders(&head), None).is_err() {
+    if state
+        .authenticator
+        .check_gates(&HeadHeaders(&head), None)
+        .is_err()
+    {
         let bytes = refuse(403, "Origin or host is not allowed\n");
         let _ = write_all(&mut stream, bytes, write_timeout).await;
         return;
@@ -356,15 +467,26 @@ async fn upgrade(
             return;
         }
     };
-    if !write_all(&mut stream, handshake::switching_protocols(&accept), write_timeout).await {
+    if !write_all(
+        &mut stream,
+        handshake::switching_protocols(&accept),
+        write_timeout,
+    )
+    .await
+    {
         return;
     }
     counters.ws_upgrades.fetch_add(1, Ordering::Relaxed);
     let mut kept = Vec::new();
     let extra = state.authenticator.extra_header_names();
     for header in &head.headers {
-        let wanted = crate::auth::AUTH_HEADER_NAMES_FIXED.contains(&header.name.as_str()) || extra.contains(&header.name);
-        if wanted && !kept.iter().any(|(name, _): &(String, String)| name == &header.name) {
+        let wanted = crate::auth::AUTH_HEADER_NAMES_FIXED.contains(&header.name.as_str())
+            || extra.contains(&header.name);
+        if wanted
+            && !kept
+                .iter()
+                .any(|(name, _): &(String, String)| name == &header.name)
+        {
             if let Ok(value) = std::str::from_utf8(&header.value) {
                 kept.push((header.name.clone(), value.to_string()));
             }

@@ -33,7 +33,11 @@ const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
 
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     // Each worker binds its own listener to the same address; the kernel spreads connections.
     socket.set_reuse_port(true)?;
@@ -51,15 +55,24 @@ pub fn io_uring_available() -> bool {
 impl Server {
     /// Binds one listener per worker and starts the workers. With port 0 the first listener picks
     /// the port and the others join it.
-    pub fn start(config: Config, state_builder: impl FnOnce(u16) -> Arc<GatewayState>) -> io::Result<Server> {
+    pub fn start(
+        config: Config,
+        state_builder: impl FnOnce(u16) -> Arc<GatewayState>,
+    ) -> io::Result<Server> {
         if config.workers == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "workers must be at least 1"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "workers must be at least 1",
+            ));
         }
         let driver = match config.driver {
             DriverKind::Auto if io_uring_available() => DriverKind::IoUring,
             DriverKind::Auto => DriverKind::Legacy,
             DriverKind::IoUring if !io_uring_available() => {
-                return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring is not available on this kernel"))
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "io_uring is not available on this kernel",
+                ))
             }
             other => other,
         };
@@ -82,7 +95,13 @@ impl Server {
                 .spawn(move || worker::run(index, driver, listener, state, receiver))?;
             workers.push(handle);
         }
-        Ok(Server { local_addr, driver, state, shutdown_senders: Mutex::new(shutdown_senders), workers })
+        Ok(Server {
+            local_addr,
+            driver,
+            state,
+            shutdown_senders: Mutex::new(shutdown_senders),
+            workers,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

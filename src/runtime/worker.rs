@@ -78,22 +78,31 @@ pub(super) fn run(
 ) {
     let served = match driver {
         DriverKind::IoUring | DriverKind::Auto => {
-            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build().map(|mut runtime| {
-                runtime.block_on(serve(index, listener, state, shutdown));
-            })
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .map(|mut runtime| {
+                    runtime.block_on(serve(index, listener, state, shutdown));
+                })
         }
-        DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(
-            |mut runtime| {
+        DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut runtime| {
                 runtime.block_on(serve(index, listener, state, shutdown));
-            },
-        ),
+            }),
     };
     if let Err(error) = served {
         tracing::error!(worker = index, %error, "worker runtime could not start");
     }
 }
 
-async fn serve(index: usize, listener: TcpListener, state: Arc<GatewayState>, mut shutdown: oneshot::Receiver<()>) {
+async fn serve(
+    index: usize,
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -133,14 +142,21 @@ async fn serve(index: usize, listener: TcpListener, state: Arc<GatewayState>, mu
     }
     let left = context.connections.borrow().len();
     if left > 0 {
-        tracing::warn!(worker = index, connections = left, "grace period over; dropping connections");
+        tracing::warn!(
+            worker = index,
+            connections = left,
+            "grace period over; dropping connections"
+        );
     }
 }
 
 fn accept(context: &Rc<WorkerContext>, stream: monoio::net::TcpStream, peer: std::net::SocketAddr) {
     let state = &context.state;
     let Some(slot) = Slot::try_acquire(state, SlotKind::Socket, state.config.sockets_max) else {
-        state.counters.sockets_refused.fetch_add(1, Ordering::Relaxed);
+        state
+            .counters
+            .sockets_refused
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(worker = context.index, %peer, "socket limit reached; closing new connection");
         return;
     };

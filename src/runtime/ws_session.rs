@@ -14,7 +14,10 @@ use crate::auth::Principal;
 use crate::error::{ErrorCode, RpcError};
 use crate::rpc::connect;
 use crate::rpc::dispatch::{self, CallContext, Transport};
-use crate::rpc::frame::{self, encode_event_body, encode_event_head, encode_response_error, encode_response_ok, INVALID_FRAME_ID};
+use crate::rpc::frame::{
+    self, encode_event_body, encode_event_head, encode_response_error, encode_response_ok,
+    INVALID_FRAME_ID,
+};
 use crate::rpc::Value;
 use crate::state::{Slot, SlotKind};
 use crate::ws::codec::{self, Decoder, Message};
@@ -86,7 +89,11 @@ impl Session {
             out.frames.clear();
             out.bytes = 0;
             out.close = Some((codec::CLOSE_TRY_AGAIN_LATER, "event backpressure".into()));
-            self.context.state.counters.outbound_overflow_closes.fetch_add(1, Ordering::Relaxed);
+            self.context
+                .state
+                .counters
+                .outbound_overflow_closes
+                .fetch_add(1, Ordering::Relaxed);
             drop(out);
             tracing::debug!("outbound queue over its bound; closing with 1013");
             self.writer_wake.notify();
@@ -130,7 +137,11 @@ impl Session {
     }
 
     fn respond_error(&self, id: &str, error: &RpcError) {
-        self.context.state.counters.rpc_errors.fetch_add(1, Ordering::Relaxed);
+        self.context
+            .state
+            .counters
+            .rpc_errors
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(code = error.code.as_str(), message = %error.message, "request refused");
         self.enqueue_text(&encode_response_error(id, error));
     }
@@ -143,7 +154,11 @@ impl Session {
         let mut bytes = Vec::with_capacity(96);
         encode_event_head(&mut bytes, seq, self.context.state.state_version());
         bytes.extend_from_slice(&encode_event_body(name, payload));
-        self.context.state.counters.events_sent.fetch_add(1, Ordering::Relaxed);
+        self.context
+            .state
+            .counters
+            .events_sent
+            .fetch_add(1, Ordering::Relaxed);
         self.enqueue_text(&bytes);
     }
 
@@ -159,9 +174,16 @@ impl Session {
         }
         let principal = self.principal.borrow().clone();
         let Some(principal) = principal else {
-            return self.respond_error(&request.id, &RpcError::new(ErrorCode::Unauthorized, "Connect first"));
+            return self.respond_error(
+                &request.id,
+                &RpcError::new(ErrorCode::Unauthorized, "Connect first"),
+            );
         };
-        let context = CallContext { state, principal: &principal, transport: Transport::WebSocket };
+        let context = CallContext {
+            state,
+            principal: &principal,
+            transport: Transport::WebSocket,
+        };
         match dispatch::dispatch(&context, &request.method, &request.params) {
             Ok(payload) => self.respond_ok(&request.id, &payload),
             Err(error) => self.respond_error(&request.id, &error),
@@ -176,9 +198,16 @@ impl Session {
             Err(error) => return self.respond_error(id, &error),
         };
         let was_authenticated = self.is_authenticated();
-        let principal = match state.authenticator.check_gates(&self.headers, request.token.as_deref()).and_then(|()| {
-            state.authenticator.authenticate(&self.headers, request.token.as_deref(), crate::clock::now_ms())
-        }) {
+        let principal = match state
+            .authenticator
+            .check_gates(&self.headers, request.token.as_deref())
+            .and_then(|()| {
+                state.authenticator.authenticate(
+                    &self.headers,
+                    request.token.as_deref(),
+                    crate::clock::now_ms(),
+                )
+            }) {
             Ok(principal) => principal,
             Err(error) => {
                 state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -190,8 +219,16 @@ impl Session {
             }
         };
         if !was_authenticated {
-            let Some(slot) = Slot::try_acquire(state, SlotKind::Authenticated, state.config.connections_max) else {
-                self.respond_error(id, &RpcError::new(ErrorCode::ConnectionLimit, "Gateway connection limit reached"));
+            let Some(slot) =
+                Slot::try_acquire(state, SlotKind::Authenticated, state.config.connections_max)
+            else {
+                self.respond_error(
+                    id,
+                    &RpcError::new(
+                        ErrorCode::ConnectionLimit,
+                        "Gateway connection limit reached",
+                    ),
+                );
                 self.request_close(codec::CLOSE_TRY_AGAIN_LATER, "connection limit reached");
                 return;
             };
@@ -265,7 +302,10 @@ pub async fn run(
     read_loop(&session, &mut reader, leftover).await;
     session.finish();
     // The writer ends on its own once finished; a peer that stopped reading cannot hold it.
-    if monoio::time::timeout(CLOSE_WAIT, writer_task).await.is_err() {
+    if monoio::time::timeout(CLOSE_WAIT, writer_task)
+        .await
+        .is_err()
+    {
         session.abort();
     }
     let _ = timer_task.await;
@@ -273,7 +313,11 @@ pub async fn run(
     debug_assert!(session.out.borrow().frames.is_empty());
 }
 
-async fn read_loop(session: &Rc<Session>, reader: &mut monoio::io::OwnedReadHalf<TcpStream>, mut buf: Vec<u8>) {
+async fn read_loop(
+    session: &Rc<Session>,
+    reader: &mut monoio::io::OwnedReadHalf<TcpStream>,
+    mut buf: Vec<u8>,
+) {
     let mut decoder = Decoder::new(session.context.state.config.message_bytes_max);
     let mut closing_since: Option<Instant> = None;
     loop {
@@ -304,14 +348,20 @@ async fn read_loop(session: &Rc<Session>, reader: &mut monoio::io::OwnedReadHalf
                         Message::Close(received) => {
                             // > RFC 6455 §5.5.1: the endpoint MUST send a Close frame in response
                             // > … typically echoing the status code it received.
-                            let code = received.as_ref().map_or(codec::CLOSE_NORMAL, |(code, _)| *code);
+                            let code = received
+                                .as_ref()
+                                .map_or(codec::CLOSE_NORMAL, |(code, _)| *code);
                             session.request_close(code, "");
                             return;
                         }
                     }
                 }
                 Err(error) => {
-                    tracing::debug!(code = error.code, reason = error.reason, "websocket protocol error");
+                    tracing::debug!(
+                        code = error.code,
+                        reason = error.reason,
+                        "websocket protocol error"
+                    );
                     session.request_close(error.code, error.reason);
                     return;
                 }

@@ -34,7 +34,11 @@ impl HandshakeError {
 }
 
 fn has_token(value: Option<&str>, token: &str) -> bool {
-    value.is_some_and(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    value.is_some_and(|value| {
+        value
+            .split(',')
+            .any(|part| part.trim().eq_ignore_ascii_case(token))
+    })
 }
 
 /// True when the request asks for a WebSocket (`Upgrade: websocket`).
@@ -56,8 +60,13 @@ pub fn accept_key(head: &RequestHead) -> Result<String, HandshakeError> {
     }
     // > RFC 6455 §4.2.1: A |Sec-WebSocket-Key| header field with a base64-encoded value that,
     // > when decoded, is 16 bytes in length.
-    let key = head.header_str("sec-websocket-key").map(str::trim).ok_or(HandshakeError::BadKey)?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(key).map_err(|_| HandshakeError::BadKey)?;
+    let key = head
+        .header_str("sec-websocket-key")
+        .map(str::trim)
+        .ok_or(HandshakeError::BadKey)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| HandshakeError::BadKey)?;
     if decoded.len() != 16 || head.header_count("sec-websocket-key") != 1 {
         return Err(HandshakeError::BadKey);
     }
@@ -82,7 +91,11 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
 
 /// A raw refusal of an upgrade (PROTOCOL.md §5.1): text body, `Connection: close`.
 pub fn refusal(status: u16, body: &str) -> Vec<u8> {
-    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nX-Smithers-API-Version: v1\r\n{extra}Connection: close\r\n\r\n{body}",
         crate::http::response::reason_phrase(status),
@@ -98,6 +111,9 @@ mod tests {
     /// The example of RFC 6455 §1.3.
     #[test]
     fn accept_matches_the_rfc_example() {
-        assert_eq!(derive_accept(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            derive_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

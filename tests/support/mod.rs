@@ -33,14 +33,18 @@ pub struct Gateway {
 impl Gateway {
     /// Token auth with one admin token, plus whatever `adjust` changes.
     pub fn start(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
-        let mut config = GatewayConfig::default();
-        config.auth = Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))]));
+        let mut config = GatewayConfig {
+            auth: Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))])),
+            ..GatewayConfig::default()
+        };
         adjust(&mut config);
         Gateway::start_with(config, 1)
     }
 
     pub fn start_with(gateway: GatewayConfig, workers: usize) -> Gateway {
-        gateway.validate().unwrap_or_else(|e| panic!("invalid test config: {e}"));
+        gateway
+            .validate()
+            .unwrap_or_else(|e| panic!("invalid test config: {e}"));
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
             workers,
@@ -48,12 +52,19 @@ impl Gateway {
             driver: driver_from_env(),
             gateway: gateway.clone(),
         };
-        let auth = gateway.auth.clone().unwrap_or(AuthConfig::None { trust_any_host: false });
+        let auth = gateway.auth.clone().unwrap_or(AuthConfig::None {
+            trust_any_host: false,
+        });
         let authenticator = Authenticator::new(auth, None);
-        let server = Server::start(config, move |port| GatewayState::new(gateway, authenticator, port))
-            .unwrap_or_else(|e| panic!("server did not start: {e}"));
+        let server = Server::start(config, move |port| {
+            GatewayState::new(gateway, authenticator, port)
+        })
+        .unwrap_or_else(|e| panic!("server did not start: {e}"));
         let addr = server.local_addr();
-        Gateway { server: Some(server), addr }
+        Gateway {
+            server: Some(server),
+            addr,
+        }
     }
 
     pub fn state(&self) -> &GatewayState {
@@ -96,7 +107,10 @@ pub fn grant(role: &str, scopes: &[&str]) -> TokenGrant {
 
 pub fn token_auth(tokens: &[(&str, TokenGrant)]) -> AuthConfig {
     AuthConfig::Token {
-        tokens: tokens.iter().map(|(t, g)| (t.to_string(), g.clone())).collect::<BTreeMap<_, _>>(),
+        tokens: tokens
+            .iter()
+            .map(|(t, g)| (t.to_string(), g.clone()))
+            .collect::<BTreeMap<_, _>>(),
         allowed_origins: Vec::new(),
     }
 }
@@ -104,15 +118,23 @@ pub fn token_auth(tokens: &[(&str, TokenGrant)]) -> AuthConfig {
 pub type Ws = tungstenite::WebSocket<TcpStream>;
 
 /// Opens a WebSocket to `path` with extra request headers.
-pub fn ws_open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+pub fn ws_open_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap_or_else(|e| panic!("{e}"));
-    stream.set_nodelay(true).unwrap_or_else(|e| panic!("{e}"));
-    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}{path}"))
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
         .unwrap_or_else(|e| panic!("{e}"));
+    stream.set_nodelay(true).unwrap_or_else(|e| panic!("{e}"));
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}{path}"))
+            .unwrap_or_else(|e| panic!("{e}"));
     for (name, value) in headers {
         request.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}")),
             tungstenite::http::HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}")),
         );
     }
@@ -124,16 +146,27 @@ pub fn ws_open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> R
 }
 
 pub fn ws_open(addr: SocketAddr) -> Ws {
-    ws_open_with(addr, "/", &[]).unwrap_or_else(|e| panic!("upgrade failed: {e}")).0
+    ws_open_with(addr, "/", &[])
+        .unwrap_or_else(|e| panic!("upgrade failed: {e}"))
+        .0
 }
 
 /// Reads the next text frame as JSON; panics on anything else.
 pub fn recv_json(ws: &mut Ws) -> serde_json::Value {
     loop {
         match ws.read() {
-            Ok(Message::Text(text)) => return serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON {text}: {e}")),
+            Ok(Message::Text(text)) => {
+                return serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("bad JSON {text}: {e}"))
+            }
             Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
             Ok(other) => panic!("expected text, got {other:?}"),
+            // A signal can interrupt a blocking read; that is not the server's doing.
+            Err(tungstenite::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                continue
+            }
             Err(error) => panic!("read failed: {error}"),
         }
     }
@@ -152,11 +185,20 @@ pub fn recv_response(ws: &mut Ws, id: &str) -> (serde_json::Value, Vec<serde_jso
 }
 
 pub fn send_json(ws: &mut Ws, value: &serde_json::Value) {
-    ws.send(Message::text(value.to_string())).unwrap_or_else(|e| panic!("send failed: {e}"));
+    ws.send(Message::text(value.to_string()))
+        .unwrap_or_else(|e| panic!("send failed: {e}"));
 }
 
-pub fn request(ws: &mut Ws, id: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
-    send_json(ws, &serde_json::json!({"type":"req","id":id,"method":method,"params":params}));
+pub fn request(
+    ws: &mut Ws,
+    id: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    send_json(
+        ws,
+        &serde_json::json!({"type":"req","id":id,"method":method,"params":params}),
+    );
     recv_response(ws, id).0
 }
 
@@ -190,11 +232,24 @@ pub fn read_until_end(ws: &mut Ws) -> Ending {
         match ws.read() {
             Ok(Message::Close(frame)) => return Ending::Closed(frame.map(|f| u16::from(f.code))),
             Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return Ending::Dropped,
-            Err(tungstenite::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock || error.kind() == std::io::ErrorKind::TimedOut => {
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                return Ending::Dropped
+            }
+            Err(tungstenite::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                continue
+            }
+            Err(tungstenite::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::WouldBlock
+                    || error.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 panic!("socket still open after {IO_TIMEOUT:?}")
             }
-            Err(_) => return Ending::Dropped,
+            Err(error) => {
+                eprintln!("socket ended with {error}");
+                return Ending::Dropped;
+            }
         }
     }
     panic!("socket did not end")
@@ -210,11 +265,19 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {
@@ -233,14 +296,34 @@ pub fn parse_response(bytes: &[u8]) -> Option<(HttpResponse, usize)> {
     let headers: Vec<(String, String)> = response
         .headers
         .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
-    let length: usize = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-    let body = if status == 101 || status == 100 { 0 } else { length };
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let body = if status == 101 || status == 100 {
+        0
+    } else {
+        length
+    };
     if bytes.len() < head_len + body {
         return None;
     }
-    Some((HttpResponse { status, headers, body: bytes[head_len..head_len + body].to_vec() }, head_len + body))
+    Some((
+        HttpResponse {
+            status,
+            headers,
+            body: bytes[head_len..head_len + body].to_vec(),
+        },
+        head_len + body,
+    ))
 }
 
 /// A raw HTTP connection for byte-exact tests.
@@ -252,12 +335,19 @@ pub struct RawHttp {
 impl RawHttp {
     pub fn open(addr: SocketAddr) -> RawHttp {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap_or_else(|e| panic!("{e}"));
-        RawHttp { stream, pending: Vec::new() }
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .unwrap_or_else(|e| panic!("{e}"));
+        RawHttp {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap_or_else(|e| panic!("write: {e}"));
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write: {e}"));
     }
 
     /// Reads one response (skipping `100 Continue`).
@@ -272,9 +362,16 @@ impl RawHttp {
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk) {
-                Ok(0) => panic!("connection closed before a response; got {:?}", String::from_utf8_lossy(&self.pending)),
+                Ok(0) => panic!(
+                    "connection closed before a response; got {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                ),
                 Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("read: {e}; got {:?}", String::from_utf8_lossy(&self.pending)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!(
+                    "read: {e}; got {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                ),
             }
         }
     }
@@ -287,8 +384,14 @@ impl RawHttp {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return self.pending.is_empty(),
                 Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return self.pending.is_empty(),
-                Err(e) => panic!("connection not closed: {e}; pending {:?}", String::from_utf8_lossy(&self.pending)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return self.pending.is_empty()
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!(
+                    "connection not closed: {e}; pending {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                ),
             }
         }
     }
@@ -302,7 +405,9 @@ pub fn http_once(addr: SocketAddr, request: &[u8]) -> HttpResponse {
 }
 
 pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -315,10 +420,18 @@ pub fn mint_jwt(header: &serde_json::Value, claims: &serde_json::Value, secret: 
     use base64::Engine;
     use hmac::Mac;
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let signing_input = format!("{}.{}", engine.encode(header.to_string()), engine.encode(claims.to_string()));
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap_or_else(|e| panic!("{e}"));
+    let signing_input = format!(
+        "{}.{}",
+        engine.encode(header.to_string()),
+        engine.encode(claims.to_string())
+    );
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap_or_else(|e| panic!("{e}"));
     mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", engine.encode(mac.finalize().into_bytes()))
+    format!(
+        "{signing_input}.{}",
+        engine.encode(mac.finalize().into_bytes())
+    )
 }
 
 pub fn now_s() -> i64 {
