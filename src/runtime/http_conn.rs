@@ -5,6 +5,7 @@
 
 use super::worker::{ConnControl, WorkerContext};
 use super::ws_session;
+use super::Service;
 use crate::auth::{AuthError, HeaderLookup, REFRESH_HINT};
 use crate::error::{ErrorCode, RpcError};
 use crate::http::request::{
@@ -439,26 +440,32 @@ async fn upgrade(
         return;
     }
     let counters = &state.counters;
-    let slot =
-        if counters.authenticated_connections.load(Ordering::Acquire) >= config.connections_max {
+    let slot = if context.service == Service::Echo {
+        None
+    } else {
+        let slot = if counters.authenticated_connections.load(Ordering::Acquire)
+            >= config.connections_max
+        {
             None
         } else {
             Slot::try_acquire(&state, SlotKind::PreAuth, config.pre_auth_connections_max)
         };
-    let Some(slot) = slot else {
-        let bytes = refuse(503, "Gateway connection limit reached\n");
-        let _ = write_all(&mut stream, bytes, write_timeout).await;
-        return;
+        let Some(slot) = slot else {
+            let bytes = refuse(503, "Gateway connection limit reached\n");
+            let _ = write_all(&mut stream, bytes, write_timeout).await;
+            return;
+        };
+        if state
+            .authenticator
+            .check_gates(&HeadHeaders(&head), None)
+            .is_err()
+        {
+            let bytes = refuse(403, "Origin or host is not allowed\n");
+            let _ = write_all(&mut stream, bytes, write_timeout).await;
+            return;
+        }
+        Some(slot)
     };
-    if state
-        .authenticator
-        .check_gates(&HeadHeaders(&head), None)
-        .is_err()
-    {
-        let bytes = refuse(403, "Origin or host is not allowed\n");
-        let _ = write_all(&mut stream, bytes, write_timeout).await;
-        return;
-    }
     let accept = match handshake::accept_key(&head) {
         Ok(accept) => accept,
         Err(error) => {

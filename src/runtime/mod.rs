@@ -19,6 +19,16 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+/// What upgraded sockets do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// The gateway protocol: challenge, connect, RPC, events.
+    Gateway,
+    /// Echo every data message back, with no auth and no pool limits: the Autobahn harness
+    /// (tests/autobahn) runs the production HTTP, handshake, codec and writer code this way.
+    Echo,
+}
+
 /// A running gateway.
 pub struct Server {
     local_addr: SocketAddr,
@@ -59,6 +69,15 @@ impl Server {
         config: Config,
         state_builder: impl FnOnce(u16) -> Arc<GatewayState>,
     ) -> io::Result<Server> {
+        Server::start_service(config, Service::Gateway, state_builder)
+    }
+
+    /// Starts workers whose upgraded sockets run `service`.
+    pub fn start_service(
+        config: Config,
+        service: Service,
+        state_builder: impl FnOnce(u16) -> Arc<GatewayState>,
+    ) -> io::Result<Server> {
         if config.workers == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -92,7 +111,7 @@ impl Server {
             let handle = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK_BYTES)
-                .spawn(move || worker::run(index, driver, listener, state, receiver))?;
+                .spawn(move || worker::run(index, driver, service, listener, state, receiver))?;
             workers.push(handle);
         }
         Ok(Server {

@@ -4,6 +4,7 @@
 
 use super::http_conn;
 use super::notify::Notify;
+use super::Service;
 use crate::config::DriverKind;
 use crate::state::{GatewayState, Slot, SlotKind};
 use futures_channel::oneshot;
@@ -44,6 +45,7 @@ impl ConnControl {
 /// Worker-local state shared by the worker's connection tasks.
 pub struct WorkerContext {
     pub index: usize,
+    pub service: Service,
     pub state: Arc<GatewayState>,
     connections: RefCell<HashMap<u64, Rc<ConnControl>>>,
     next_connection_id: Cell<u64>,
@@ -72,6 +74,7 @@ impl WorkerContext {
 pub(super) fn run(
     index: usize,
     driver: DriverKind,
+    service: Service,
     listener: TcpListener,
     state: Arc<GatewayState>,
     shutdown: oneshot::Receiver<()>,
@@ -82,14 +85,14 @@ pub(super) fn run(
                 .enable_timer()
                 .build()
                 .map(|mut runtime| {
-                    runtime.block_on(serve(index, listener, state, shutdown));
+                    runtime.block_on(serve(index, service, listener, state, shutdown));
                 })
         }
         DriverKind::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
             .map(|mut runtime| {
-                runtime.block_on(serve(index, listener, state, shutdown));
+                runtime.block_on(serve(index, service, listener, state, shutdown));
             }),
     };
     if let Err(error) = served {
@@ -99,6 +102,7 @@ pub(super) fn run(
 
 async fn serve(
     index: usize,
+    service: Service,
     listener: TcpListener,
     state: Arc<GatewayState>,
     mut shutdown: oneshot::Receiver<()>,
@@ -112,6 +116,7 @@ async fn serve(
     };
     let context = Rc::new(WorkerContext {
         index,
+        service,
         state: state.clone(),
         connections: RefCell::new(HashMap::new()),
         next_connection_id: Cell::new(0),

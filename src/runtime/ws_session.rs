@@ -10,6 +10,7 @@
 use super::http_conn::auth_rpc_error;
 use super::notify::Notify;
 use super::worker::{ConnControl, StopReason, WorkerContext};
+use super::Service;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, RpcError};
 use crate::rpc::connect;
@@ -75,15 +76,19 @@ impl Session {
         out.close.is_some() || out.abort || out.finished
     }
 
-    /// Queues one text message. Past the byte bound the queue is discarded and the socket closes
-    /// with 1013 (PROTOCOL.md §15).
     fn enqueue_text(&self, payload: &[u8]) {
+        self.enqueue_data(OpCode::Text, payload);
+    }
+
+    /// Queues one data message. Past the byte bound the queue is discarded and the socket closes
+    /// with 1013 (PROTOCOL.md §15).
+    fn enqueue_data(&self, opcode: OpCode, payload: &[u8]) {
         let mut out = self.out.borrow_mut();
         if out.close.is_some() || out.abort || out.finished {
             return;
         }
         let mut head = [0u8; 10];
-        let head_len = server_head(OpCode::Text, payload.len(), &mut head);
+        let head_len = server_head(opcode, payload.len(), &mut head);
         let frame_bytes = head_len + payload.len();
         if out.bytes + frame_bytes > self.context.state.config.outbound_bytes_max {
             out.frames.clear();
@@ -272,15 +277,16 @@ pub async fn run(
     leftover: Vec<u8>,
     context: Rc<WorkerContext>,
     control: Rc<ConnControl>,
-    pre_auth_slot: Slot,
+    pre_auth_slot: Option<Slot>,
 ) {
-    debug_assert_eq!(pre_auth_slot.kind(), SlotKind::PreAuth);
+    let echo = context.service == Service::Echo;
+    debug_assert!(echo || pre_auth_slot.as_ref().map(Slot::kind) == Some(SlotKind::PreAuth));
     let session = Rc::new(Session {
         context: context.clone(),
         control: control.clone(),
         headers,
         principal: RefCell::new(None),
-        slot: RefCell::new(Some(pre_auth_slot)),
+        slot: RefCell::new(pre_auth_slot),
         subscribe: RefCell::new(None),
         seq: Cell::new(0),
         out: RefCell::new(Outbound::default()),
@@ -291,15 +297,17 @@ pub async fn run(
     });
     let (mut reader, writer) = stream.into_split();
     let writer_task = monoio::spawn(write_loop(session.clone(), writer));
-    let timer_task = monoio::spawn(timer_loop(session.clone(), Instant::now()));
-    session.send_event(
-        "connect.challenge",
-        &frame::object(vec![
-            ("nonce", Value::from(uuid::Uuid::new_v4().to_string())),
-            ("ts", Value::from(crate::clock::now_ms())),
-        ]),
-    );
-    read_loop(&session, &mut reader, leftover).await;
+    let timer_task = (!echo).then(|| monoio::spawn(timer_loop(session.clone(), Instant::now())));
+    if !echo {
+        session.send_event(
+            "connect.challenge",
+            &frame::object(vec![
+                ("nonce", Value::from(uuid::Uuid::new_v4().to_string())),
+                ("ts", Value::from(crate::clock::now_ms())),
+            ]),
+        );
+    }
+    read_loop(&session, &mut reader, leftover, echo).await;
     session.finish();
     // The writer ends on its own once finished; a peer that stopped reading cannot hold it.
     if monoio::time::timeout(CLOSE_WAIT, writer_task)
@@ -308,7 +316,9 @@ pub async fn run(
     {
         session.abort();
     }
-    let _ = timer_task.await;
+    if let Some(timer_task) = timer_task {
+        timer_task.await;
+    }
     // Dropping the session drops its slot; dropping the halves closes the socket.
     debug_assert!(session.out.borrow().frames.is_empty());
 }
@@ -317,6 +327,7 @@ async fn read_loop(
     session: &Rc<Session>,
     reader: &mut monoio::io::OwnedReadHalf<TcpStream>,
     mut buf: Vec<u8>,
+    echo: bool,
 ) {
     let mut decoder = Decoder::new(session.context.state.config.message_bytes_max);
     let mut closing_since: Option<Instant> = None;
@@ -338,6 +349,10 @@ async fn read_loop(
                         continue;
                     };
                     match message {
+                        Message::Text(bytes) if echo => session.enqueue_data(OpCode::Text, &bytes),
+                        Message::Binary(bytes) if echo => {
+                            session.enqueue_data(OpCode::Binary, &bytes)
+                        }
                         Message::Text(bytes) | Message::Binary(bytes) => {
                             if !session.is_closing() {
                                 session.handle_text(bytes);

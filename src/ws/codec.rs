@@ -1147,7 +1147,7 @@ mod fuzz_seeds {
         }
     }
 
-    // ---- Seed generation: `cargo test --lib write_fuzz_seeds_ws -- --ignored` rewrites them. ----
+    // ---- Seed generation: `WS_WRITE_SEEDS=1 cargo test --lib committed_fuzz_seeds` rewrites them. ----
 
     const MASK: [u8; 4] = [0x5D, 0x12, 0xE9, 0x70];
 
@@ -1212,16 +1212,33 @@ mod fuzz_seeds {
         bytes
     }
 
+    /// Checks that every generated seed is committed with the same bytes; with
+    /// `WS_WRITE_SEEDS=1` it rewrites them instead.
     fn write_seeds(directory: &Path, seeds: &[(&str, Vec<u8>)]) {
-        std::fs::create_dir_all(directory).unwrap();
+        let rewrite = std::env::var("WS_WRITE_SEEDS").as_deref() == Ok("1");
+        if rewrite {
+            std::fs::create_dir_all(directory).unwrap();
+        }
         for (name, bytes) in seeds {
-            std::fs::write(directory.join(name), bytes).unwrap();
+            let path = directory.join(name);
+            if rewrite {
+                std::fs::write(&path, bytes).unwrap();
+            } else {
+                let committed = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("seed {} missing: {e}", path.display()));
+                assert_eq!(
+                    &committed,
+                    bytes,
+                    "seed {} differs from its generator",
+                    path.display()
+                );
+            }
         }
     }
 
+    /// The committed seeds are exactly what this generator writes (`WS_WRITE_SEEDS=1` rewrites).
     #[test]
-    #[ignore = "rewrites the committed seed files"]
-    fn write_fuzz_seeds_ws() {
+    fn committed_fuzz_seeds_match_the_generator() {
         let euro = "€".as_bytes();
         let frame_seeds: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
