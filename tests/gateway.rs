@@ -7,3 +7,6 @@ mod support;
 // connect.challenge, connect validation, hello, ticks, repeated connect, pre-connect rules.
 #[path = "handshake.rs"]
 mod handshake;
+// maxPayload, protocol violations and close codes, the outbound bound, shutdown.
+#[path = "ws_limits.rs"]
+mod ws_limits;
