@@ -315,6 +315,51 @@ pub fn object(pairs: Vec<(&str, Value)>) -> Value {
     Value::Object(Box::new(object))
 }
 
+/// Fuzz properties shared by `tests/fuzz/fuzz_targets/rpc_frame.rs` and the seed replay: parsing
+/// never panics, and an accepted frame obeys every rule it was checked against (valid method name,
+/// id within bounds, params within the structural bounds). Panics on a violation.
+#[doc(hidden)]
+pub fn check_parse_properties(data: &[u8]) {
+    let message_bytes_max = 64 * 1024;
+    let check_accepted = |frame: &RequestFrame| {
+        assert!(
+            is_valid_method_name(&frame.method),
+            "accepted method {:?}",
+            frame.method
+        );
+        assert!(
+            frame.id.chars().count() <= FRAME_ID_CHARS_MAX,
+            "accepted a long id"
+        );
+        assert!(
+            check_bounds(&frame.params).is_ok(),
+            "accepted params outside the bounds"
+        );
+    };
+    match parse_ws_request(data.to_vec(), message_bytes_max) {
+        Ok(frame) => check_accepted(&frame),
+        Err(error) => {
+            assert_eq!(
+                error.code,
+                ErrorCode::InvalidInputLegacy,
+                "WebSocket frame errors are INVALID_INPUT"
+            );
+            if data.len() > message_bytes_max {
+                assert!(error.message.contains("exceeds"), "size is checked first");
+            }
+        }
+    }
+    for route in [HttpRoute::Body, HttpRoute::Url("health")] {
+        match parse_http_request(data.to_vec(), route, "request-id") {
+            Ok(frame) => check_accepted(&frame),
+            Err(failure) => assert_eq!(
+                failure.id, "request-id",
+                "failures answer with the request id"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +573,20 @@ mod tests {
             bad_json.as_deref(),
             Some("Gateway RPC payload must be valid JSON.")
         );
+    }
+
+    /// Replays the committed fuzz seeds through the fuzz properties.
+    #[test]
+    fn fuzz_seeds_rpc() {
+        let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/seeds/rpc_frame");
+        let mut count = 0;
+        for entry in std::fs::read_dir(directory).unwrap_or_else(|e| panic!("{directory}: {e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            check_parse_properties(&data);
+            count += 1;
+        }
+        assert!(count >= 10, "only {count} seeds");
     }
 
     #[test]
