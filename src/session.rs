@@ -1,5 +1,6 @@
 //! `GET /v1/auth/session`: the browser session hand-off (AUTH.md §7). Moves a token from the
 //! address bar into an HttpOnly cookie and redirects to a same-origin path.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use crate::auth::{AuthError, HeaderLookup};
 use crate::http::request::RequestHead;

@@ -10,3 +10,6 @@ mod handshake;
 // maxPayload, protocol violations and close codes, the outbound bound, shutdown.
 #[path = "ws_limits.rs"]
 mod ws_limits;
+// Tidy checks over the source tree (module comments, dependency comments).
+#[path = "tidy.rs"]
+mod tidy;

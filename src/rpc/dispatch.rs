@@ -1,6 +1,7 @@
 //! Method dispatch (METHODS.md §0): the scope check first, then the handler by exact name, with
 //! the transport rules (WebSocket-only methods over HTTP, `ext.*` names, unknown methods).
 //! Handlers receive params as sent; non-objects are treated as `{}` by each handler.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::frame::object;
 use super::Value;

@@ -2,6 +2,7 @@
 //! and request deadlines, answer each request in order (keep-alive, pipelining), and hand the
 //! socket to `ws_session` on a WebSocket upgrade. Every refusal closes the connection so that no
 //! byte after a bad head is ever read as a request.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::worker::{ConnControl, WorkerContext};
 use super::ws_session;

@@ -6,6 +6,7 @@
 //! bounded in bytes: past the bound its frames are discarded and the socket is closed with 1013.
 //!
 //! Invariant: once the session has finished, its outbound queue is empty and no task writes.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::http_conn::auth_rpc_error;
 use super::notify::Notify;
