@@ -164,9 +164,6 @@ pub struct GatewayConfig {
     /// Bytes queued for one connection before it is closed (1013 on WebSockets).
     #[serde(rename = "maxOutboundBytes")]
     pub outbound_bytes_max: usize,
-    /// Requests one WebSocket may have in flight; more are answered `RateLimited`.
-    #[serde(rename = "maxInflightRequests")]
-    pub inflight_requests_max: usize,
     /// Kernel send buffer per socket (SO_SNDBUF), so slow readers show in our queue.
     #[serde(rename = "socketSendBufferBytes")]
     pub socket_send_buffer_bytes: usize,
@@ -201,7 +198,6 @@ impl Default for GatewayConfig {
             header_bytes_max: 16 * 1024,
             request_line_bytes_max: 8 * 1024,
             outbound_bytes_max: 32 * 1024 * 1024,
-            inflight_requests_max: 256,
             socket_send_buffer_bytes: 64 * 1024,
             shutdown_grace_ms: 5_000,
             ui_path: "/console".into(),
@@ -353,9 +349,6 @@ impl GatewayConfig {
         }
         if self.outbound_bytes_max < self.message_bytes_max.min(1 << 20) {
             return invalid("maxOutboundBytes", "must hold at least one message");
-        }
-        if self.inflight_requests_max == 0 {
-            return invalid("maxInflightRequests", "must be at least 1");
         }
         if !self.ui_path.starts_with('/') {
             return invalid("uiPath", "must start with /");
