@@ -204,16 +204,13 @@ impl Session {
             Err(error) => return self.respond_error(id, &error),
         };
         let was_authenticated = self.is_authenticated();
-        let principal = match state
-            .authenticator
-            .check_gates(&self.headers, request.token.as_deref())
-            .and_then(|()| {
-                state.authenticator.authenticate(
-                    &self.headers,
-                    request.token.as_deref(),
-                    crate::clock::now_ms(),
-                )
-            }) {
+        // Gates and credentials again, now with the connect token (PROTOCOL.md §3).
+        let authenticated = state.authenticator.authenticate(
+            &self.headers,
+            request.token.as_deref(),
+            crate::clock::now_ms(),
+        );
+        let principal = match authenticated {
             Ok(principal) => principal,
             Err(error) => {
                 state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
