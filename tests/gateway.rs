@@ -7,3 +7,9 @@ mod support;
 // connect.challenge, connect validation, hello, ticks, repeated connect, pre-connect rules.
 #[path = "handshake.rs"]
 mod handshake;
+// HTTP/1.1 transport: fixed routes, response headers, keep-alive, smuggling, limits, deadlines.
+#[path = "http.rs"]
+mod http;
+// HTTP RPC (`POST /rpc`, `POST /v1/rpc/<method>`): ids, credentials, refusals and their statuses.
+#[path = "rpc_http.rs"]
+mod rpc_http;
