@@ -13,3 +13,9 @@ mod ws_limits;
 // Tidy checks over the source tree (module comments, dependency comments).
 #[path = "tidy.rs"]
 mod tidy;
+// HTTP/1.1 transport: fixed routes, response headers, keep-alive, smuggling, limits, deadlines.
+#[path = "http.rs"]
+mod http;
+// HTTP RPC (`POST /rpc`, `POST /v1/rpc/<method>`): ids, credentials, refusals and their statuses.
+#[path = "rpc_http.rs"]
+mod rpc_http;

@@ -24,6 +24,7 @@ use crate::rpc::Value;
 use crate::state::{Slot, SlotKind};
 use crate::ws::codec::{self, Decoder, Message};
 use crate::ws::frame::{server_head, OpCode};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
@@ -403,10 +404,12 @@ async fn read_loop(
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
             buf.reserve(READ_CHUNK_BYTES);
         }
-        let owned = std::mem::take(&mut buf);
+        // monoio reads into a `Vec` from index 0: read into the spare capacity after what is held.
+        let filled = buf.len();
+        let owned = std::mem::take(&mut buf).slice_mut(filled..);
         monoio::select! {
             (result, owned) = reader.read(owned) => {
-                buf = owned;
+                buf = owned.into_inner();
                 match result {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
