@@ -7,3 +7,6 @@ mod support;
 // connect.challenge, connect validation, hello, ticks, repeated connect, pre-connect rules.
 #[path = "handshake.rs"]
 mod handshake;
+// Auth end to end: JWT vectors, token/proxy/no-auth modes, gates, session cookie, limits, binary logs.
+#[path = "auth.rs"]
+mod auth;

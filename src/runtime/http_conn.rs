@@ -18,6 +18,7 @@ use crate::rpc::frame::{self, encode_response_error, encode_response_ok, HttpRou
 use crate::rpc::Value;
 use crate::state::{GatewayState, Slot, SlotKind};
 use crate::ws::handshake;
+use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -60,10 +61,13 @@ pub async fn read_more(
         return ReadOutcome::TimedOut;
     }
     buf.reserve(READ_CHUNK_BYTES);
-    let owned = std::mem::take(buf);
+    // monoio reads into a `Vec` from index 0 (its `write_ptr` is the start of the buffer), so
+    // read into the spare capacity after the bytes already held, or they would be overwritten.
+    let filled = buf.len();
+    let owned = std::mem::take(buf).slice_mut(filled..);
     monoio::select! {
         (result, owned) = stream.read(owned) => {
-            *buf = owned;
+            *buf = owned.into_inner();
             match result {
                 Ok(0) => ReadOutcome::Eof,
                 Ok(_) => ReadOutcome::Data,
