@@ -233,6 +233,9 @@ fn b64_decode(text: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Extra request headers of one table row.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+
 /// A table row: name, token (None = no auth.token), expectation.
 type Vector = (&'static str, Option<String>, Expect);
 
@@ -929,7 +932,13 @@ fn token_mode_header_credentials_and_precedence() {
     let lower = format!("bearer {VALID}");
     let plain_bearer = format!("Bearer {PLAIN}");
     // (name, headers, auth.token, expected userId or refusal message)
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<&str>, Result<Value, &str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Headers<'a>,
+        Option<&'a str>,
+        Result<Value, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "x-smithers-key",
             vec![("x-smithers-key", VALID)],
@@ -999,7 +1008,7 @@ fn token_mode_header_credentials_and_precedence() {
 #[test]
 fn token_mode_allowed_origins_at_the_upgrade() {
     let gateway = token_gateway(&["https://console.example"]);
-    let cases: [(&str, Vec<(&str, &str)>, bool); 4] = [
+    let cases: [(&str, Headers, bool); 4] = [
         (
             "listed origin",
             vec![("origin", "https://console.example")],
@@ -1099,7 +1108,7 @@ fn trusted_proxy_headers_map_to_identity() {
     assert_eq!(hello["auth"]["role"], "operator");
     assert_eq!(hello["auth"]["userId"], Value::Null);
     assert_eq!(hello["auth"]["tokenId"], Value::Null);
-    let refusals: [(&str, Vec<(&str, &str)>, Option<&str>); 4] = [
+    let refusals: [(&str, Headers, Option<&str>); 4] = [
         ("no headers", vec![("x-user-id", "alice")], None),
         ("empty scopes header", vec![("x-user-scopes", "")], None),
         ("separators only", vec![("x-user-scopes", " , ")], None),
@@ -1184,7 +1193,7 @@ fn no_auth_identity_and_upgrade_gates() {
     assert_eq!(hello["auth"]["userId"], Value::Null);
     assert_eq!(hello["auth"]["tokenId"], Value::Null);
 
-    let cases: [(&str, Vec<(&str, &str)>, bool); 9] = [
+    let cases: [(&str, Headers, bool); 9] = [
         ("Host evil.example", vec![("host", "evil.example")], false),
         (
             "Host evil.example:80",
@@ -1298,7 +1307,7 @@ fn session_hand_off_sets_the_cookie() {
     let gateway = token_gateway(&[]);
     let port = gateway.addr.port();
     let cookie_value = "tok-valid-0123456789abcdef";
-    let cases: [(&str, &str, Vec<(&str, &str)>, String, &str); 4] = [
+    let cases: [(&str, &str, Headers, String, &str); 4] = [
         (
             "plain",
             "/v1/auth/session?token=tok-valid-0123456789abcdef&next=/x",
@@ -1414,7 +1423,7 @@ fn session_cookie_authenticates_the_socket() {
     let port = gateway.addr.port();
     let cookie = format!("theme=dark; smithers_session_{port}={VALID}");
     let same_origin = format!("http://127.0.0.1:{port}");
-    let cases: [(&str, Vec<(&str, &str)>, bool); 6] = [
+    let cases: [(&str, Headers, bool); 6] = [
         ("cookie only", vec![("cookie", &cookie)], true),
         (
             "cookie and same-origin Origin",
