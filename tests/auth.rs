@@ -469,10 +469,11 @@ fn jwt_forgeries_and_malformed_tokens_are_refused() {
     check_vectors(gateway.addr, &vectors);
 }
 
-/// Item 4, size: a connect string over the frame cap is a frame error (socket stays open); a
-/// large token under the cap verifies; a 20 KiB header token is refused as too large.
+/// Item 4, size: tokens past 16 KiB are refused without a panic; a large one under it verifies.
 #[test]
 fn jwt_oversized_tokens_are_refused_without_panicking() {
+    // In connect the frame bound (16,384 UTF-16 units) answers first and the socket stays open;
+    // in a header (maxHeaderBytes raised) the JWT bound answers "JWT is too large".
     let gateway = Gateway::start(|c| {
         c.auth = Some(jwt_auth(|_| {}));
         c.header_bytes_max = 64 * 1024;
@@ -596,11 +597,12 @@ fn jwt_exp_forms() {
     assert_eq!(body["error"]["refresh"], REFRESH);
 }
 
-/// Items 6–7: with clockSkewSeconds 60, exp is expired when now − 60 ≥ exp (now−59 accepted,
-/// now−60 and now−61 refused) and nbf is not active when now + 60 < nbf (now+60 accepted,
-/// now+61 refused); `now` is the server's whole second.
+/// Items 6–7: the exp and nbf boundaries with clockSkewSeconds 60, pinned to the second.
 #[test]
 fn jwt_exp_and_nbf_boundaries_with_skew_60() {
+    // src/auth/jwt.rs: expired when now − 60 ≥ exp (now−59 accepted, now−60 and now−61 refused);
+    // not active when now + 60 < nbf (now+60 accepted, now+61 refused); now = the server's
+    // whole epoch second, which `within_one_second` makes equal to the test's.
     let gateway = jwt_gateway();
     let cases: [(&str, &str, i64, Expect); 7] = [
         ("exp now-59", "exp", -59, Expect::Accepted),
@@ -690,8 +692,7 @@ fn jwt_audience_and_issuer_forms() {
     check_vectors(gateway.addr, &vectors);
 }
 
-/// Item 12: the scopes claim as space string, comma string and array; absent → defaultScopes;
-/// a method outside the granted scopes → FORBIDDEN with requiredScope, on the socket and HTTP.
+/// Item 12: scopes claim forms and defaultScopes; a method outside them → FORBIDDEN.
 #[test]
 fn jwt_scope_claim_forms_and_forbidden_method() {
     let gateway = jwt_gateway();
@@ -923,8 +924,7 @@ fn token_mode_vectors_and_grant_identity() {
     assert_eq!(response.json()["error"]["refresh"], REFRESH);
 }
 
-/// Upgrade-request headers authenticate a connect without auth.token (x-smithers-key, then
-/// Authorization); connect.params.auth.token takes precedence over both.
+/// Upgrade headers authenticate a connect without auth.token; auth.token takes precedence.
 #[test]
 fn token_mode_header_credentials_and_precedence() {
     let gateway = token_gateway(&[]);
@@ -1415,8 +1415,7 @@ fn session_hand_off_sets_the_cookie() {
     assert_eq!(hello["auth"]["role"], "viewer");
 }
 
-/// The session cookie alone authenticates a connect; a cross-site Origin with only the cookie is
-/// refused at the upgrade (cookie-origin gate), but not when a header credential is present.
+/// The session cookie alone authenticates a connect, behind the cookie-origin gate.
 #[test]
 fn session_cookie_authenticates_the_socket() {
     let gateway = token_gateway(&[]);
@@ -1602,10 +1601,11 @@ fn attempt(addr: SocketAddr, connect: bool) -> Attempt {
     }
 }
 
-/// cap + 50 concurrent attempts: exactly cap accepted and exactly 50 refused, for the
-/// authenticated pool (503 or CONNECTION_LIMIT) and for the pre-auth pool (503).
+/// cap + 50 concurrent attempts: exactly cap accepted and exactly 50 refused.
 #[test]
 fn concurrent_attempts_past_the_cap() {
+    // Authenticated pool: a refusal is a 503 at the upgrade or CONNECTION_LIMIT + 1013 at
+    // connect, depending on the interleaving. Pre-auth pool: always a 503 at the upgrade.
     const CAP: usize = 20;
     const EXTRA: usize = 50;
     // (name, sends connect, maxConnections, maxPreAuthConnections)
@@ -1884,8 +1884,7 @@ fn binary_logs_never_contain_tokens() {
     }
 }
 
-/// First start without config: the admin token is printed, kept on restart, and works; with
-/// heartbeatMs 200 a tick follows the hello.
+/// First start without auth config: the admin token is printed, kept, works, and gets ticks.
 #[test]
 fn binary_first_start_admin_token() {
     // (run, data dir — shared by the first two runs, config, note on the token line)
