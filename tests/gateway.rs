@@ -19,3 +19,6 @@ mod http;
 // HTTP RPC (`POST /rpc`, `POST /v1/rpc/<method>`): ids, credentials, refusals and their statuses.
 #[path = "rpc_http.rs"]
 mod rpc_http;
+// Auth end to end: JWT vectors, token/proxy/no-auth modes, gates, session cookie, limits, binary logs.
+#[path = "auth.rs"]
+mod auth;
