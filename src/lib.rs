@@ -17,6 +17,10 @@ pub mod ws;
 pub mod rpc;
 // Request gates, auth modes (token, JWT, trusted proxy), the scope grammar.
 pub mod auth;
+// The storage thread: the only SQLite connection, typed commands, group commit.
+pub mod storage;
+// Workflow definitions, frame rendering and the engine thread.
+pub mod engine;
 // Worker threads, listeners, connection tasks, shutdown.
 pub mod runtime;
 // Shared gateway state: settings, identity, counters, slots.

@@ -1,0 +1,5 @@
+//! The workflow engine: workflow definitions (`workflow`), frame rendering (`render`), and the
+//! engine thread that advances runs (added by the engine work).
+
+pub mod render;
+pub mod workflow;

@@ -1,0 +1,1 @@
+//! Versioned, embedded schema migrations run at start (filled by the storage work).

@@ -1,0 +1,383 @@
+//! The storage thread's interface: typed commands sent over a bounded channel to the one thread
+//! that owns SQLite (`storage::thread`), each answered on its own reply channel after COMMIT.
+//!
+//! Commands are intent-level (write these rows, read that run) so the backend can change without
+//! touching callers. Rows mirror DATA.md (snake_case columns, epoch-ms integers); JSON columns are
+//! kept as JSON text. Nothing outside this module touches rusqlite.
+
+pub mod migrations;
+pub mod queries;
+pub mod thread;
+
+use std::path::PathBuf;
+
+/// Run statuses the store accepts (DATA.md §3).
+pub const RUN_STATUSES: &[&str] = &[
+    "running",
+    "waiting-approval",
+    "waiting-event",
+    "waiting-timer",
+    "waiting-quota",
+    "paused",
+    "finished",
+    "failed",
+    "cancelled",
+    "continued",
+];
+/// Terminal run statuses.
+pub const TERMINAL_RUN_STATUSES: &[&str] = &["finished", "failed", "cancelled", "continued"];
+
+/// `_smithers_runs`, plus `input_json` (the run input) and `idempotency_key` (ours).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub parent_run_id: Option<String>,
+    pub workflow_name: String,
+    pub workflow_path: Option<String>,
+    pub workflow_hash: Option<String>,
+    pub status: String,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub heartbeat_at_ms: Option<i64>,
+    pub runtime_owner_id: Option<String>,
+    pub cancel_requested_at_ms: Option<i64>,
+    pub pause_requested_at_ms: Option<i64>,
+    pub error_json: Option<String>,
+    pub config_json: Option<String>,
+    pub input_json: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// `_smithers_nodes`, PK (run_id, node_id, iteration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRow {
+    pub run_id: String,
+    pub node_id: String,
+    pub iteration: i64,
+    pub state: String,
+    pub last_attempt: Option<i64>,
+    pub updated_at_ms: i64,
+    pub output_table: String,
+    pub label: Option<String>,
+}
+
+/// `_smithers_attempts`, PK (run_id, node_id, iteration, attempt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub run_id: String,
+    pub node_id: String,
+    pub iteration: i64,
+    pub attempt: i64,
+    pub state: String,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub heartbeat_at_ms: Option<i64>,
+    pub heartbeat_data_json: Option<String>,
+    pub error_json: Option<String>,
+    pub meta_json: Option<String>,
+    pub exit_code: Option<i64>,
+}
+
+/// `_smithers_frames`, PK (run_id, frame_no); frames are numbered from 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameRow {
+    pub run_id: String,
+    pub frame_no: i64,
+    pub created_at_ms: i64,
+    pub xml_json: String,
+    pub xml_hash: String,
+    pub task_index_json: String,
+}
+
+/// One output row per (run, node, iteration), as JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRow {
+    pub run_id: String,
+    pub node_id: String,
+    pub iteration: i64,
+    pub payload_json: String,
+    pub created_at_ms: i64,
+}
+
+/// `_smithers_approvals`, PK (run_id, node_id, iteration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRow {
+    pub run_id: String,
+    pub node_id: String,
+    pub iteration: i64,
+    /// `requested`, `approved` or `denied`.
+    pub status: String,
+    pub requested_at_ms: Option<i64>,
+    pub decided_at_ms: Option<i64>,
+    pub note: Option<String>,
+    pub decided_by: Option<String>,
+    pub request_json: Option<String>,
+    pub decision_json: Option<String>,
+    pub auto_approved: bool,
+}
+
+/// `_smithers_signals`, PK (run_id, seq); seq per run from 0, assigned by the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalRow {
+    pub run_id: String,
+    pub seq: i64,
+    pub signal_name: String,
+    pub correlation_id: Option<String>,
+    pub payload_json: String,
+    pub received_at_ms: i64,
+    pub received_by: Option<String>,
+    /// The waiting node that consumed it, `(node_id, iteration)`; None while unconsumed.
+    pub consumed_by_node: Option<String>,
+    pub consumed_by_iteration: Option<i64>,
+}
+
+/// `_smithers_events`, PK (run_id, seq); seq per run from 0, assigned by the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    pub run_id: String,
+    pub seq: i64,
+    pub timestamp_ms: i64,
+    /// Engine event type, e.g. `NodeStarted`, `RunFinished`.
+    pub event_type: String,
+    pub payload_json: String,
+}
+
+/// One write, applied atomically together with the other mutations of its `Write` command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Insert a new run; `Conflict` when the id exists, or when `idempotency_key` is already used
+    /// (the error then names the existing run).
+    InsertRun(RunRow),
+    /// Replace the whole run row (it must exist).
+    PutRun(RunRow),
+    PutNode(NodeRow),
+    PutAttempt(AttemptRow),
+    /// Insert a frame; `Conflict` when (run, frame_no) exists.
+    InsertFrame(FrameRow),
+    PutOutput(OutputRow),
+    PutApproval(ApprovalRow),
+    /// Append a signal with the next per-run seq (returned in `WriteOutcome::signal_seqs`).
+    /// An identical redelivery (same name, correlation, payload, received_at_ms, received_by)
+    /// returns the existing seq instead of inserting.
+    InsertSignal(SignalRow),
+    /// Mark a signal consumed by a waiting node.
+    ConsumeSignal {
+        run_id: String,
+        seq: i64,
+        node_id: String,
+        iteration: i64,
+    },
+    /// Append an event with the next per-run seq (returned in `WriteOutcome::event_seqs`).
+    AppendEvent {
+        run_id: String,
+        timestamp_ms: i64,
+        event_type: String,
+        payload_json: String,
+    },
+}
+
+/// What a committed `Write` assigned, in mutation order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub event_seqs: Vec<i64>,
+    pub signal_seqs: Vec<i64>,
+}
+
+/// `listRuns` filter after validation (METHODS.md §3.11); workflow-key and system filtering is
+/// done by the caller from `config_json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub status: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// Everything the engine needs to resume one run after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunState {
+    pub run: Option<RunRow>,
+    pub nodes: Vec<NodeRow>,
+    pub attempts: Vec<AttemptRow>,
+    pub outputs: Vec<OutputRow>,
+    pub approvals: Vec<ApprovalRow>,
+    pub signals: Vec<SignalRow>,
+    /// Highest frame number, 0 when none.
+    pub last_frame_no: i64,
+    /// Highest event seq, -1 when none.
+    pub last_event_seq: i64,
+}
+
+/// PRAGMA values read back after opening (tests assert them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pragmas {
+    pub journal_mode: String,
+    /// 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA.
+    pub synchronous: i64,
+    pub busy_timeout_ms: i64,
+    pub foreign_keys: bool,
+    pub schema_version: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The storage thread is gone (channel closed) or refused the command (queue full).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was violated (run id, idempotency key, frame number).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The database is full (SQLITE_FULL) or read-only: nothing of the command was applied.
+    #[error("storage full or read-only: {0}")]
+    Rejected(String),
+    /// Any other SQLite failure; nothing of the command was applied.
+    #[error("storage error: {0}")]
+    Sqlite(String),
+    /// A reply did not arrive in time.
+    #[error("storage timeout")]
+    Timeout,
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A reply channel for one command.
+pub type Reply<T> = flume::Sender<StorageResult<T>>;
+
+/// Commands understood by the storage thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Apply mutations atomically (savepoint inside the group-commit transaction); the reply is
+    /// sent only after COMMIT.
+    Write {
+        mutations: Vec<Mutation>,
+        reply: Reply<WriteOutcome>,
+    },
+    GetRun {
+        run_id: String,
+        reply: Reply<Option<RunRow>>,
+    },
+    /// Newest first (`created_at_ms` descending, then run_id).
+    ListRuns {
+        filter: RunFilter,
+        reply: Reply<Vec<RunRow>>,
+    },
+    /// The run with this idempotency key, if any.
+    FindRunByIdempotencyKey {
+        key: String,
+        reply: Reply<Option<RunRow>>,
+    },
+    /// Every run whose status is not terminal, with its state.
+    LoadActiveRuns {
+        reply: Reply<Vec<RunState>>,
+    },
+    LoadRunState {
+        run_id: String,
+        reply: Reply<RunState>,
+    },
+    ListNodes {
+        run_id: String,
+        reply: Reply<Vec<NodeRow>>,
+    },
+    /// Approvals with status `requested` whose run is not terminal, oldest request first.
+    ListPendingApprovals {
+        run_id: Option<String>,
+        reply: Reply<Vec<ApprovalRow>>,
+    },
+    GetApproval {
+        run_id: String,
+        node_id: String,
+        iteration: i64,
+        reply: Reply<Option<ApprovalRow>>,
+    },
+    /// Events with seq > after_seq, ascending, at most `limit`.
+    ListEvents {
+        run_id: String,
+        after_seq: i64,
+        limit: usize,
+        reply: Reply<Vec<EventRow>>,
+    },
+    GetFrame {
+        run_id: String,
+        frame_no: i64,
+        reply: Reply<Option<FrameRow>>,
+    },
+    Pragmas {
+        reply: Reply<Pragmas>,
+    },
+    /// `PRAGMA integrity_check` result lines ("ok" when healthy).
+    IntegrityCheck {
+        reply: Reply<Vec<String>>,
+    },
+}
+
+/// Options for opening the store.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    pub path: PathBuf,
+    /// `FULL` (default) or `NORMAL`.
+    pub synchronous_full: bool,
+    pub busy_timeout_ms: u64,
+    /// Commands queued before senders wait (bounded channel).
+    pub queue_capacity: usize,
+    /// Most commands drained into one transaction.
+    pub batch_commands_max: usize,
+}
+
+impl StorageOptions {
+    pub fn new(path: PathBuf) -> StorageOptions {
+        StorageOptions {
+            path,
+            synchronous_full: true,
+            busy_timeout_ms: 5_000,
+            queue_capacity: 4_096,
+            batch_commands_max: 512,
+        }
+    }
+}
+
+/// The send side: cheap to clone, usable from monoio tasks (`call`) and plain threads
+/// (`call_blocking`).
+#[derive(Clone, Debug)]
+pub struct StorageHandle {
+    sender: flume::Sender<Command>,
+}
+
+impl StorageHandle {
+    pub fn new(sender: flume::Sender<Command>) -> StorageHandle {
+        StorageHandle { sender }
+    }
+
+    /// Sends a command built around a fresh reply channel and awaits the reply.
+    pub async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Command) -> StorageResult<T> {
+        let (reply, receiver) = flume::bounded(1);
+        self.sender
+            .send_async(build(reply))
+            .await
+            .map_err(|_| StorageError::Unavailable("storage thread stopped".into()))?;
+        receiver
+            .recv_async()
+            .await
+            .map_err(|_| StorageError::Unavailable("storage thread dropped a reply".into()))?
+    }
+
+    /// The same from a plain thread (the engine); blocks.
+    pub fn call_blocking<T>(&self, build: impl FnOnce(Reply<T>) -> Command) -> StorageResult<T> {
+        let (reply, receiver) = flume::bounded(1);
+        self.sender
+            .send(build(reply))
+            .map_err(|_| StorageError::Unavailable("storage thread stopped".into()))?;
+        receiver
+            .recv()
+            .map_err(|_| StorageError::Unavailable("storage thread dropped a reply".into()))?
+    }
+
+    /// Sends without waiting for the reply (the caller keeps the receiver).
+    pub fn send_blocking(&self, command: Command) -> StorageResult<()> {
+        self.sender
+            .send(command)
+            .map_err(|_| StorageError::Unavailable("storage thread stopped".into()))
+    }
+}

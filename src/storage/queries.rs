@@ -1,0 +1,1 @@
+//! Typed reads and writes over a rusqlite transaction (filled by the storage work).

@@ -1,0 +1,1 @@
+//! The storage thread: owns the only rusqlite Connection (filled by the storage work).
