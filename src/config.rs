@@ -35,6 +35,15 @@ pub enum DriverKind {
     Legacy,
 }
 
+/// SQLite `synchronous` for the store (RELIABILITY.md §4): FULL survives power loss with WAL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
 /// One static bearer token's grant (AUTH.md §3.1).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -173,6 +182,8 @@ pub struct GatewayConfig {
     /// Mount path of the operator console (served by a later issue).
     #[serde(rename = "uiPath")]
     pub ui_path: String,
+    /// SQLite durability: `full` (default) or `normal`.
+    pub synchronous: Synchronous,
     /// `identity.workspaceRoot` in health and hello.
     pub workspace_root: Option<String>,
     pub auth: Option<AuthConfig>,
@@ -201,6 +212,7 @@ impl Default for GatewayConfig {
             socket_send_buffer_bytes: 64 * 1024,
             shutdown_grace_ms: 5_000,
             ui_path: "/console".into(),
+            synchronous: Synchronous::Full,
             workspace_root: None,
             auth: None,
         }
@@ -215,6 +227,7 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     pub data_dir: Option<PathBuf>,
     pub driver: Option<DriverKind>,
+    pub workflows_dir: Option<PathBuf>,
     pub gateway: GatewayConfig,
 }
 
@@ -279,6 +292,13 @@ impl FileConfig {
                 value
                     .try_into()
                     .map_err(|e: toml::de::Error| format!("dataDir: {e}"))?,
+            );
+        }
+        if let Some(value) = take(&mut table, "workflowsDir") {
+            file.workflows_dir = Some(
+                value
+                    .try_into()
+                    .map_err(|e: toml::de::Error| format!("workflowsDir: {e}"))?,
             );
         }
         if let Some(value) = take(&mut table, "driver") {

@@ -19,8 +19,12 @@ pub mod rpc;
 pub mod auth;
 // The storage thread: the only SQLite connection, typed commands, group commit.
 pub mod storage;
+// The event hub: engine broadcasts to workers, serialized once.
+pub mod events;
 // Workflow definitions, frame rendering and the engine thread.
 pub mod engine;
+// Assembles storage, engine, hub and workers into a running gateway.
+pub mod gateway;
 // Worker threads, listeners, connection tasks, shutdown.
 pub mod runtime;
 // Shared gateway state: settings, identity, counters, slots.

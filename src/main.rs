@@ -4,10 +4,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use smithers_gateway::auth::Authenticator;
+use smithers_gateway::config::Synchronous;
 use smithers_gateway::config::{Config, DriverKind, FileConfig, DEFAULT_LISTEN};
+use smithers_gateway::engine::core::EngineOptions;
+use smithers_gateway::gateway::StartOptions;
 use smithers_gateway::logging::{self, LogFormat};
-use smithers_gateway::runtime::Server;
-use smithers_gateway::state::GatewayState;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -45,6 +46,9 @@ struct ServeArgs {
     /// Where the gateway keeps its state (default ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Directory of workflow files (default ./workflows).
+    #[arg(long)]
+    workflows: Option<PathBuf>,
     /// IO driver: auto (io_uring, else epoll), io-uring, or legacy (epoll). Env: GATEWAY_DRIVER.
     #[arg(long, value_enum, env = "GATEWAY_DRIVER")]
     driver: Option<DriverKind>,
@@ -103,11 +107,24 @@ fn main() -> anyhow::Result<()> {
         Some(smithers_gateway::config::AuthConfig::TrustedProxy { .. }) => "trusted-proxy",
         None => "token",
     };
-    let server_gateway = gateway.clone();
-    let server = Server::start(config.clone(), move |port| {
-        GatewayState::new(server_gateway, authenticator, port)
-    })
-    .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let workflows_dir = args
+        .workflows
+        .or(file.workflows_dir)
+        .unwrap_or_else(|| PathBuf::from("workflows"));
+    let running = smithers_gateway::gateway::start(
+        Config {
+            gateway: gateway.clone(),
+            ..config.clone()
+        },
+        StartOptions {
+            workflows_dir: workflows_dir.clone(),
+            authenticator,
+            engine: EngineOptions::default(),
+            synchronous_full: gateway.synchronous != Synchronous::Normal,
+        },
+    )
+    .with_context(|| format!("cannot start the gateway on {}", config.listen))?;
+    let server = &running.server;
     let addr = server.local_addr();
     tracing::info!(
         listen = %addr,
@@ -115,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         driver = ?server.driver(),
         auth = mode,
         data_dir = %data_dir.display(),
+        workflows_dir = %workflows_dir.display(),
+        workflows = server.state().registry.workflows.len(),
         heartbeat_ms = gateway.heartbeat_ms,
         max_connections = gateway.connections_max,
         max_payload = gateway.message_bytes_max,
@@ -132,8 +151,7 @@ fn main() -> anyhow::Result<()> {
     }
     wait_for_signal()?;
     tracing::info!("shutting down");
-    server.shutdown();
-    server.join();
+    running.shutdown();
     tracing::info!("stopped");
     Ok(())
 }

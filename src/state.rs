@@ -6,6 +6,10 @@
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
+use crate::engine::core::EngineHandle;
+use crate::engine::workflow::Registry;
+use crate::events::hub::Hub;
+use crate::storage::StorageHandle;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,9 +42,15 @@ pub struct GatewayState {
     pub started_at: Instant,
     pub started_at_ms: u64,
     pub pid: u32,
-    /// Global broadcast counter (PROTOCOL.md §12): incremented once per broadcast.
-    pub state_version: AtomicU64,
     pub counters: Counters,
+    /// Broadcasts to the workers; owns the global `stateVersion` (PROTOCOL.md §12).
+    pub hub: Arc<Hub>,
+    /// Loaded workflows.
+    pub registry: Arc<Registry>,
+    /// The storage thread; None only in the echo harness.
+    pub storage: Option<StorageHandle>,
+    /// The engine thread; None only in the echo harness.
+    pub engine: Option<EngineHandle>,
     /// The port the gateway listens on (session cookie name, logs).
     pub port: u16,
 }
@@ -49,6 +59,7 @@ impl GatewayState {
     pub fn new(
         config: GatewayConfig,
         authenticator: Authenticator,
+        services: Services,
         port: u16,
     ) -> Arc<GatewayState> {
         Arc::new(GatewayState {
@@ -57,14 +68,38 @@ impl GatewayState {
             started_at: Instant::now(),
             started_at_ms: crate::clock::now_ms(),
             pid: std::process::id(),
-            state_version: AtomicU64::new(0),
             counters: Counters::default(),
+            hub: services.hub,
+            registry: services.registry,
+            storage: services.storage,
+            engine: services.engine,
             port,
         })
     }
 
     pub fn state_version(&self) -> u64 {
-        self.state_version.load(Ordering::Relaxed)
+        self.hub.state_version()
+    }
+}
+
+/// The threads behind the gateway, started before the workers.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub hub: Arc<Hub>,
+    pub registry: Arc<Registry>,
+    pub storage: Option<StorageHandle>,
+    pub engine: Option<EngineHandle>,
+}
+
+impl Services {
+    /// No storage and no engine: only the transport (the Autobahn echo harness).
+    pub fn transport_only(n_workers: usize) -> Services {
+        Services {
+            hub: Hub::new(n_workers),
+            registry: Arc::new(Registry::default()),
+            storage: None,
+            engine: None,
+        }
     }
 }
 

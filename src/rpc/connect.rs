@@ -93,8 +93,14 @@ pub fn validate(params: &Value, server_protocol: u32) -> Result<ConnectRequest, 
     Ok(ConnectRequest { token, subscribe })
 }
 
-/// The `hello` payload (PROTOCOL.md §6.3). The snapshot is empty until runs exist.
-pub fn hello(state: &GatewayState, principal: &Principal, session_token: &str) -> Value {
+/// The `hello` payload (PROTOCOL.md §6.3) with the snapshot the caller read from storage.
+pub fn hello(
+    state: &GatewayState,
+    principal: &Principal,
+    session_token: &str,
+    runs: Vec<Value>,
+    approvals: Vec<Value>,
+) -> Value {
     let optional = |value: &Option<String>| value.as_deref().map_or(Value::null(), Value::from);
     object(vec![
         ("protocol", Value::from(u64::from(state.config.protocol))),
@@ -129,8 +135,8 @@ pub fn hello(state: &GatewayState, principal: &Principal, session_token: &str) -
         (
             "snapshot",
             object(vec![
-                ("runs", Value::Array(Box::default())),
-                ("approvals", Value::Array(Box::default())),
+                ("runs", Value::Array(Box::new(runs))),
+                ("approvals", Value::Array(Box::new(approvals))),
                 ("stateVersion", Value::from(state.state_version())),
             ]),
         ),

@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::frame::object;
+use super::methods;
 use super::Value;
 use crate::auth::scope::{has_scope, required_scope};
 use crate::auth::Principal;
@@ -25,6 +26,17 @@ pub struct CallContext<'a> {
     pub state: &'a GatewayState,
     pub principal: &'a Principal,
     pub transport: Transport,
+    /// Adds a run to the calling socket's subscription filter (auto-subscribe); None on HTTP.
+    pub subscriber: Option<&'a dyn Fn(&str)>,
+}
+
+impl CallContext<'_> {
+    /// Auto-subscribe (PROTOCOL.md §13): only sockets have a filter to add the run to.
+    pub fn subscribe(&self, run_id: &str) {
+        if let Some(subscriber) = self.subscriber {
+            subscriber(run_id);
+        }
+    }
 }
 
 /// The scope check of AUTH.md §4: `FORBIDDEN` with `requiredScope` when it fails.
@@ -45,7 +57,7 @@ pub fn check_scope(principal: &Principal, method: &str) -> Result<(), RpcError> 
 }
 
 /// Runs one call. `connect` never reaches here on a socket (the session handles it).
-pub fn dispatch(
+pub async fn dispatch(
     context: &CallContext<'_>,
     method: &str,
     params: &Value,
@@ -57,9 +69,20 @@ pub fn dispatch(
             format!("{method} is only supported over websocket connections"),
         ));
     }
-    let _ = params;
+    // METHODS.md §0 rule 4: params that are not an object are treated as `{}`.
+    let empty = Value::Object(Box::default());
+    let params = if params.is_object() { params } else { &empty };
     match method {
         "health" => Ok(health_payload(context.state)),
+        "launchRun" | "runs.create" => methods::launch_run(context, params).await,
+        "getRun" | "runs.get" => methods::get_run(context, params).await,
+        "listRuns" | "runs.list" => methods::list_runs(context, params).await,
+        "cancelRun" | "runs.cancel" => methods::cancel_run(context, params).await,
+        "resumeRun" => methods::resume_run(context, params).await,
+        "listWorkflows" | "workflows.list" => methods::list_workflows(context, params),
+        "listApprovals" | "approvals.list" => methods::list_approvals(context, params).await,
+        "submitApproval" | "approvals.decide" => methods::submit_approval(context, params).await,
+        "submitSignal" | "signals.send" => methods::submit_signal(context, params).await,
         _ if method.starts_with("ext.") => Err(RpcError::new(
             ErrorCode::ExtensionMethodNotFound,
             format!("Unknown extension method: {method}"),
@@ -83,7 +106,14 @@ pub fn identity(state: &GatewayState) -> Value {
                 .clone()
                 .map_or(Value::null(), Value::from),
         ),
-        ("backend", Value::null()),
+        (
+            "backend",
+            if state.storage.is_some() {
+                Value::from("sqlite")
+            } else {
+                Value::null()
+            },
+        ),
         ("version", Value::from(env!("CARGO_PKG_VERSION"))),
         ("pid", Value::from(u64::from(state.pid))),
         ("startedAtMs", Value::from(state.started_at_ms)),
@@ -109,8 +139,14 @@ pub fn health_http_body(state: &GatewayState) -> Value {
         ("features", features(state)),
         ("stateVersion", Value::from(state.state_version())),
         ("identity", identity(state)),
-        ("workflowsLoaded", Value::from(0u64)),
-        ("workflowsTotal", Value::from(0u64)),
+        (
+            "workflowsLoaded",
+            Value::from(state.registry.workflows.len() as u64),
+        ),
+        (
+            "workflowsTotal",
+            Value::from(state.registry.workflows.len() as u64),
+        ),
     ])
 }
 
@@ -125,8 +161,14 @@ pub fn health_payload(state: &GatewayState) -> Value {
             Value::from(state.started_at.elapsed().as_millis() as u64),
         ),
         ("identity", identity(state)),
-        ("workflowsLoaded", Value::from(0u64)),
-        ("workflowsTotal", Value::from(0u64)),
+        (
+            "workflowsLoaded",
+            Value::from(state.registry.workflows.len() as u64),
+        ),
+        (
+            "workflowsTotal",
+            Value::from(state.registry.workflows.len() as u64),
+        ),
     ])
 }
 

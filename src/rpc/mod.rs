@@ -5,6 +5,7 @@
 pub mod connect;
 pub mod dispatch;
 pub mod frame;
+pub mod methods;
 
 /// JSON values as parsed from and written to the wire.
 pub type Value = simd_json::OwnedValue;

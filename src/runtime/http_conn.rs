@@ -252,7 +252,7 @@ pub async fn serve(
                 }
             }
         };
-        let response = handle(&state, &head, routed, body);
+        let response = handle(&state, &head, routed, body).await;
         let keep_alive =
             head.keep_alive && control.stop_reason().is_none() && !context.is_stopping();
         let head_only = head.method == Method::Head;
@@ -336,7 +336,12 @@ fn oversized_body(state: &GatewayState, head: &RequestHead, routed: &Route) -> R
     }
 }
 
-fn handle(state: &GatewayState, head: &RequestHead, routed: Route, body: Vec<u8>) -> Response {
+async fn handle(
+    state: &GatewayState,
+    head: &RequestHead,
+    routed: Route,
+    body: Vec<u8>,
+) -> Response {
     match routed {
         Route::Health => {
             let mut bytes = Vec::new();
@@ -348,11 +353,36 @@ fn handle(state: &GatewayState, head: &RequestHead, routed: Route, body: Vec<u8>
             CONTENT_TYPE_PROMETHEUS,
             crate::metrics::render(state).into_bytes(),
         ),
-        Route::Workflows => Response::json(200, br#"{"workflows":[]}"#.to_vec()),
-        Route::Webhook { workflow_key } => envelope_error(&RpcError::new(
-            ErrorCode::NotFound,
-            format!("Unknown workflow: {workflow_key}"),
-        )),
+        Route::Workflows => {
+            let principal = crate::auth::Principal {
+                role: "operator".into(),
+                scopes: vec![],
+                user_id: None,
+                token_id: None,
+            };
+            let context = CallContext {
+                state,
+                principal: &principal,
+                transport: Transport::Http,
+                subscriber: None,
+            };
+            let rows =
+                crate::rpc::methods::list_workflows(&context, &Value::Object(Box::default()))
+                    .unwrap_or_else(|_| Value::Array(Box::default()));
+            let mut bytes = Vec::new();
+            frame::write_value(&mut bytes, &frame::object(vec![("workflows", rows)]));
+            Response::json(200, bytes)
+        }
+        Route::Webhook { workflow_key } => {
+            // Workflow files do not configure webhooks yet (a later issue), so a registered
+            // workflow answers as one without a webhook (PROTOCOL.md §9 step 1).
+            let message = if state.registry.workflows.contains_key(&workflow_key) {
+                format!("No webhook configured for workflow: {workflow_key}")
+            } else {
+                format!("Unknown workflow: {workflow_key}")
+            };
+            envelope_error(&RpcError::new(ErrorCode::NotFound, message))
+        }
         Route::ApiStream | Route::Api => {
             match state
                 .authenticator
@@ -363,9 +393,11 @@ fn handle(state: &GatewayState, head: &RequestHead, routed: Route, body: Vec<u8>
             }
         }
         Route::AuthSession => crate::session::hand_off(state, head),
-        Route::RpcBody => http_rpc(state, head, HttpRoute::Body, body),
-        Route::RpcUrl { method: Some(name) } => http_rpc(state, head, HttpRoute::Url(&name), body),
-        Route::RpcUrl { method: None } => http_rpc(state, head, HttpRoute::Url(""), body),
+        Route::RpcBody => http_rpc(state, head, HttpRoute::Body, body).await,
+        Route::RpcUrl { method: Some(name) } => {
+            http_rpc(state, head, HttpRoute::Url(&name), body).await
+        }
+        Route::RpcUrl { method: None } => http_rpc(state, head, HttpRoute::Url(""), body).await,
         Route::Index => Response::new(200, CONTENT_TYPE_HTML, INDEX_PAGE.as_bytes().to_vec()),
         Route::ElectricWrite | Route::NotFound => Response::json(
             404,
@@ -377,7 +409,7 @@ fn handle(state: &GatewayState, head: &RequestHead, routed: Route, body: Vec<u8>
 const INDEX_PAGE: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Smithers Gateway</title></head>\n<body><h1>Smithers Gateway</h1><ul><li><a href=\"/health\">/health</a></li><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/workflows\">/workflows</a></li></ul></body></html>\n";
 
 /// `POST /rpc` and `POST /v1/rpc/<method>` (PROTOCOL.md §4.2).
-fn http_rpc(
+async fn http_rpc(
     state: &GatewayState,
     head: &RequestHead,
     route: HttpRoute<'_>,
@@ -408,8 +440,9 @@ fn http_rpc(
         state,
         principal: &principal,
         transport: Transport::Http,
+        subscriber: None,
     };
-    match dispatch::dispatch(&context, &request.method, &request.params) {
+    match dispatch::dispatch(&context, &request.method, &request.params).await {
         Ok(payload) => Response::json(200, encode_response_ok(&request.id, &payload)),
         Err(error) => {
             state.counters.rpc_errors.fetch_add(1, Ordering::Relaxed);

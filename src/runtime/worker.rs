@@ -42,8 +42,15 @@ impl ConnControl {
     }
 }
 
+/// A connection that receives broadcasts (an authenticated WebSocket session).
+pub trait EventSink {
+    fn deliver(&self, broadcast: &crate::events::hub::Broadcast);
+}
+
 /// Worker-local state shared by the worker's connection tasks.
 pub struct WorkerContext {
+    sinks: RefCell<HashMap<u64, Rc<dyn EventSink>>>,
+    next_sink_id: Cell<u64>,
     pub index: usize,
     pub service: Service,
     pub state: Arc<GatewayState>,
@@ -67,6 +74,18 @@ impl WorkerContext {
 
     fn unregister(&self, id: u64) {
         self.connections.borrow_mut().remove(&id);
+    }
+
+    /// Registers a broadcast recipient; returns its id for `remove_sink`.
+    pub fn add_sink(&self, sink: Rc<dyn EventSink>) -> u64 {
+        let id = self.next_sink_id.get();
+        self.next_sink_id.set(id + 1);
+        self.sinks.borrow_mut().insert(id, sink);
+        id
+    }
+
+    pub fn remove_sink(&self, id: u64) {
+        self.sinks.borrow_mut().remove(&id);
     }
 }
 
@@ -115,6 +134,8 @@ async fn serve(
         }
     };
     let context = Rc::new(WorkerContext {
+        sinks: RefCell::new(HashMap::new()),
+        next_sink_id: Cell::new(0),
         index,
         service,
         state: state.clone(),
@@ -122,6 +143,9 @@ async fn serve(
         next_connection_id: Cell::new(0),
         stopping: Cell::new(false),
     });
+    if let Some(receiver) = state.hub.take_receiver(index) {
+        monoio::spawn(deliver_broadcasts(context.clone(), receiver));
+    }
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
@@ -152,6 +176,21 @@ async fn serve(
             connections = left,
             "grace period over; dropping connections"
         );
+    }
+}
+
+/// Hands each batch from the hub to every session of this worker, in order.
+async fn deliver_broadcasts(
+    context: Rc<WorkerContext>,
+    receiver: flume::Receiver<crate::events::hub::BroadcastBatch>,
+) {
+    while let Ok(batch) = receiver.recv_async().await {
+        let sinks: Vec<Rc<dyn EventSink>> = context.sinks.borrow().values().cloned().collect();
+        for broadcast in batch.iter() {
+            for sink in &sinks {
+                sink.deliver(broadcast);
+            }
+        }
     }
 }
 

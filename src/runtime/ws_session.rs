@@ -10,16 +10,18 @@
 
 use super::http_conn::auth_rpc_error;
 use super::notify::Notify;
-use super::worker::{ConnControl, StopReason, WorkerContext};
+use super::worker::{ConnControl, EventSink, StopReason, WorkerContext};
 use super::Service;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, RpcError};
+use crate::events::hub::Broadcast;
 use crate::rpc::connect;
 use crate::rpc::dispatch::{self, CallContext, Transport};
 use crate::rpc::frame::{
     self, encode_event_body, encode_event_head, encode_response_error, encode_response_ok,
     INVALID_FRAME_ID,
 };
+use crate::rpc::methods;
 use crate::rpc::Value;
 use crate::state::{Slot, SlotKind};
 use crate::ws::codec::{self, Decoder, Message};
@@ -66,6 +68,35 @@ struct Session {
     timer_wake: Notify,
     /// Bumped by every successful connect so the tick timer restarts.
     tick_generation: Cell<u64>,
+    /// Registration with the worker's broadcast delivery, from the first successful connect.
+    sink_id: Cell<Option<u64>>,
+}
+
+impl EventSink for Session {
+    /// PROTOCOL.md §13: authenticated sockets only; events without a run, or a null or empty
+    /// filter, or a filter holding the run, are delivered.
+    fn deliver(&self, broadcast: &Broadcast) {
+        if !self.is_authenticated() || self.is_closing() {
+            return;
+        }
+        if let (Some(run_id), Some(filter)) = (&broadcast.run_id, self.subscribe.borrow().as_ref())
+        {
+            if !filter.is_empty() && !filter.contains(run_id) {
+                return;
+            }
+        }
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        let mut bytes = Vec::with_capacity(48 + broadcast.body.len());
+        encode_event_head(&mut bytes, seq, broadcast.state_version);
+        bytes.extend_from_slice(&broadcast.body);
+        self.context
+            .state
+            .counters
+            .events_sent
+            .fetch_add(1, Ordering::Relaxed);
+        self.enqueue_text(&bytes);
+    }
 }
 
 impl Session {
@@ -169,7 +200,7 @@ impl Session {
         self.enqueue_text(&bytes);
     }
 
-    fn handle_text(&self, bytes: Vec<u8>) {
+    async fn handle_text(self: &Rc<Self>, bytes: Vec<u8>) {
         let state = &self.context.state;
         state.counters.ws_messages.fetch_add(1, Ordering::Relaxed);
         let request = match frame::parse_ws_request(bytes, state.config.message_bytes_max) {
@@ -177,7 +208,7 @@ impl Session {
             Err(error) => return self.respond_error(INVALID_FRAME_ID, &error),
         };
         if request.method == "connect" {
-            return self.handle_connect(&request.id, &request.params);
+            return self.handle_connect(&request.id, &request.params).await;
         }
         let principal = self.principal.borrow().clone();
         let Some(principal) = principal else {
@@ -186,19 +217,27 @@ impl Session {
                 &RpcError::new(ErrorCode::Unauthorized, "Connect first"),
             );
         };
+        // Auto-subscribe adds the run only to a filter that exists: an unfiltered socket already
+        // sees every run (docs/DECISIONS.md; the reference narrows it instead).
+        let subscriber = |run_id: &str| {
+            if let Some(filter) = self.subscribe.borrow_mut().as_mut() {
+                filter.insert(run_id.to_string());
+            }
+        };
         let context = CallContext {
             state,
             principal: &principal,
             transport: Transport::WebSocket,
+            subscriber: Some(&subscriber),
         };
-        match dispatch::dispatch(&context, &request.method, &request.params) {
+        match dispatch::dispatch(&context, &request.method, &request.params).await {
             Ok(payload) => self.respond_ok(&request.id, &payload),
             Err(error) => self.respond_error(&request.id, &error),
         }
     }
 
     /// PROTOCOL.md §6.2–6.4.
-    fn handle_connect(&self, id: &str, params: &Value) {
+    async fn handle_connect(self: &Rc<Self>, id: &str, params: &Value) {
         let state = &self.context.state;
         let request = match connect::validate(params, state.config.protocol) {
             Ok(request) => request,
@@ -240,7 +279,22 @@ impl Session {
             *self.slot.borrow_mut() = Some(slot);
         }
         let session_token = uuid::Uuid::new_v4().to_string();
-        let hello = connect::hello(state, &principal, &session_token);
+        let (runs, approvals) = match &state.storage {
+            Some(storage) => {
+                let runs = methods::snapshot_runs(storage).await;
+                let approvals = methods::pending_approvals(storage, None, None, usize::MAX).await;
+                match (runs, approvals) {
+                    (Ok(runs), Ok(approvals)) => (runs, approvals),
+                    (Err(error), _) | (_, Err(error)) => return self.respond_error(id, &error),
+                }
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let hello = connect::hello(state, &principal, &session_token, runs, approvals);
+        if self.sink_id.get().is_none() {
+            let sink: Rc<dyn EventSink> = self.clone();
+            self.sink_id.set(Some(self.context.add_sink(sink)));
+        }
         tracing::debug!(role = %principal.role, user = ?principal.user_id, "connected");
         *self.principal.borrow_mut() = Some(principal);
         *self.subscribe.borrow_mut() = request.subscribe;
@@ -251,6 +305,9 @@ impl Session {
 
     /// The reader is done: the writer sends what is queued (and the close frame) and ends.
     fn finish(&self) {
+        if let Some(id) = self.sink_id.take() {
+            self.context.remove_sink(id);
+        }
         self.out.borrow_mut().finished = true;
         self.writer_wake.notify();
         self.timer_wake.notify();
@@ -293,6 +350,7 @@ pub async fn run(
         abort_wake: Notify::default(),
         timer_wake: Notify::default(),
         tick_generation: Cell::new(0),
+        sink_id: Cell::new(None),
     });
     let (mut reader, writer) = stream.into_split();
     let writer_task = monoio::spawn(write_loop(session.clone(), writer));
@@ -354,7 +412,7 @@ async fn read_loop(
                         }
                         Message::Text(bytes) | Message::Binary(bytes) => {
                             if !session.is_closing() {
-                                session.handle_text(bytes);
+                                session.handle_text(bytes).await;
                             }
                         }
                         Message::Ping(payload) => session.enqueue_control(OpCode::Pong, &payload),

@@ -8,6 +8,7 @@
 pub mod migrations;
 pub mod queries;
 pub mod thread;
+pub use thread::open;
 
 use std::path::PathBuf;
 

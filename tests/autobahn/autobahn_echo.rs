@@ -6,7 +6,7 @@ use clap::Parser;
 use smithers_gateway::auth::Authenticator;
 use smithers_gateway::config::{AuthConfig, Config, DriverKind, GatewayConfig};
 use smithers_gateway::runtime::{Server, Service};
-use smithers_gateway::state::GatewayState;
+use smithers_gateway::state::{GatewayState, Services};
 use std::net::SocketAddr;
 
 #[derive(Parser)]
@@ -45,7 +45,7 @@ fn main() {
         None,
     );
     let server = match Server::start_service(config, Service::Echo, move |port| {
-        GatewayState::new(gateway, authenticator, port)
+        GatewayState::new(gateway, authenticator, Services::transport_only(1), port)
     }) {
         Ok(server) => server,
         Err(error) => {

@@ -4,11 +4,11 @@
 
 use smithers_gateway::auth::Authenticator;
 use smithers_gateway::config::{AuthConfig, Config, DriverKind, GatewayConfig, TokenGrant};
-use smithers_gateway::runtime::Server;
 use smithers_gateway::state::GatewayState;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::Message;
 
@@ -24,14 +24,27 @@ pub fn driver_from_env() -> DriverKind {
     }
 }
 
-/// A running gateway, shut down when dropped.
+/// A running gateway (storage, engine, workers) with its own data directory, shut down and
+/// removed when dropped.
 pub struct Gateway {
-    server: Option<Server>,
+    inner: Option<smithers_gateway::gateway::Gateway>,
     pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// The example workflows shipped in the repository.
+pub fn example_workflows() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows")
+}
+
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sgw-{label}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
 }
 
 impl Gateway {
-    /// Token auth with one admin token, plus whatever `adjust` changes.
+    /// Token auth with one admin token, plus whatever `adjust` changes; the example workflows.
     pub fn start(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
         let mut config = GatewayConfig {
             auth: Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))])),
@@ -42,43 +55,59 @@ impl Gateway {
     }
 
     pub fn start_with(gateway: GatewayConfig, workers: usize) -> Gateway {
+        Gateway::start_full(gateway, workers, &example_workflows(), &temp_dir("data"))
+    }
+
+    /// Starts on `data_dir` (kept when it has data, so a test can restart on it).
+    pub fn start_full(
+        gateway: GatewayConfig,
+        workers: usize,
+        workflows_dir: &Path,
+        data_dir: &Path,
+    ) -> Gateway {
         gateway
             .validate()
             .unwrap_or_else(|e| panic!("invalid test config: {e}"));
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
             workers,
-            data_dir: std::env::temp_dir(),
+            data_dir: data_dir.to_path_buf(),
             driver: driver_from_env(),
             gateway: gateway.clone(),
         };
         let auth = gateway.auth.clone().unwrap_or(AuthConfig::None {
             trust_any_host: false,
         });
-        let authenticator = Authenticator::new(auth, None);
-        let server = Server::start(config, move |port| {
-            GatewayState::new(gateway, authenticator, port)
-        })
-        .unwrap_or_else(|e| panic!("server did not start: {e}"));
-        let addr = server.local_addr();
+        let options = smithers_gateway::gateway::StartOptions {
+            workflows_dir: workflows_dir.to_path_buf(),
+            authenticator: Authenticator::new(auth, None),
+            engine: smithers_gateway::engine::core::EngineOptions {
+                retry_backoff_base_ms: 50,
+                ..Default::default()
+            },
+            synchronous_full: true,
+        };
+        let inner = smithers_gateway::gateway::start(config, options)
+            .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+        let addr = inner.server.local_addr();
         Gateway {
-            server: Some(server),
+            inner: Some(inner),
             addr,
+            data_dir: data_dir.to_path_buf(),
         }
     }
 
     pub fn state(&self) -> &GatewayState {
-        match &self.server {
-            Some(server) => server.state(),
+        match &self.inner {
+            Some(inner) => inner.server.state(),
             None => panic!("server already stopped"),
         }
     }
 
-    /// Stops the server and waits for its workers.
+    /// Stops the server and waits for its threads.
     pub fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown();
-            server.join();
+        if let Some(inner) = self.inner.take() {
+            inner.shutdown();
         }
     }
 
@@ -90,6 +119,7 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

@@ -1,0 +1,102 @@
+//! Assembles a running gateway: opens storage, loads the workflows, starts the hub, the engine and
+//! the workers, and stops them in the reverse order. `main` and the tests start the gateway
+//! through here, so they run the same wiring.
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::engine::core::{self as engine, EngineHandle, EngineOptions};
+use crate::engine::workflow::{load_dir, Registry};
+use crate::events::hub::Hub;
+use crate::runtime::Server;
+use crate::state::{GatewayState, Services};
+use crate::storage::{self, StorageOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the gateway keeps its database file inside the data directory.
+pub const DATABASE_FILE: &str = "smithers.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Workflows(#[from] crate::engine::workflow::LoadError),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// Everything `start` needs beyond the config.
+pub struct StartOptions {
+    pub workflows_dir: PathBuf,
+    pub authenticator: Authenticator,
+    pub engine: EngineOptions,
+    pub synchronous_full: bool,
+}
+
+/// A running gateway with its threads.
+pub struct Gateway {
+    pub server: Server,
+    engine: EngineHandle,
+    engine_thread: Option<std::thread::JoinHandle<()>>,
+    storage_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartError> {
+    let registry = Arc::new(if options.workflows_dir.is_dir() {
+        load_dir(&options.workflows_dir)?
+    } else {
+        Registry::default()
+    });
+    let mut storage_options = StorageOptions::new(config.data_dir.join(DATABASE_FILE));
+    storage_options.synchronous_full = options.synchronous_full;
+    let (storage, storage_thread) = storage::open(storage_options)?;
+    let workers = config.workers.max(1);
+    let hub = Hub::new(workers);
+    let (engine, engine_thread) = engine::start(
+        storage.clone(),
+        registry.clone(),
+        hub.clone(),
+        options.engine,
+    )?;
+    let services = Services {
+        hub,
+        registry,
+        storage: Some(storage),
+        engine: Some(engine.clone()),
+    };
+    let gateway = config.gateway.clone();
+    let authenticator = options.authenticator;
+    let server = Server::start(config, move |port| {
+        GatewayState::new(gateway, authenticator, services, port)
+    })?;
+    Ok(Gateway {
+        server,
+        engine,
+        engine_thread: Some(engine_thread),
+        storage_thread: Some(storage_thread),
+    })
+}
+
+impl Gateway {
+    /// Stops accepting and closes sockets (waiting for the workers), then stops the engine, and
+    /// finally storage: its thread ends once the last handle is gone, after its last commit.
+    pub fn shutdown(self) {
+        let Gateway {
+            server,
+            engine,
+            engine_thread,
+            storage_thread,
+        } = self;
+        server.shutdown();
+        server.join();
+        engine.stop();
+        drop(engine);
+        if let Some(thread) = engine_thread {
+            let _ = thread.join();
+        }
+        if let Some(thread) = storage_thread {
+            let _ = thread.join();
+        }
+    }
+}
