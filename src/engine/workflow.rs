@@ -267,9 +267,11 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "invalid duration `{text}`: expected a positive integer followed by ms, s, m, h or d"
-        )),
+        ))
+        }
     };
     let count: u64 = digits.parse().map_err(|_| {
         format!(
@@ -1321,5 +1323,768 @@ fn is_valid_correlation_path(path: &str) -> bool {
         Some(rest) => rest
             .split('.')
             .all(|segment| !segment.is_empty() && !segment.chars().any(char::is_whitespace)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use simd_json::prelude::*;
+
+    /// Test texts are written indented; TOML ignores leading whitespace, so each line is trimmed
+    /// and line 1 is the first line after the opening quote.
+    fn text(indented: &str) -> String {
+        let body = indented.strip_prefix('\n').unwrap_or(indented);
+        body.lines()
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+
+    fn parse(indented: &str) -> Result<WorkflowDef, LoadError> {
+        parse_workflow(Path::new("dir/test.toml"), &text(indented))
+    }
+
+    /// A unique empty directory for one test (removed first if a previous run left it).
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("smithers-workflow-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    // Goal: one file using every node kind and every field parses into the expected definition.
+    #[test]
+    fn every_node_kind_parses() {
+        let workflow = parse(
+            r#"
+            name = "all-kinds"
+            readable_name = "All kinds"
+            description = "every node kind"
+            schedule = "0 8 * * 1-5"
+            system = true
+            [ui]
+            dir = "ui/all"
+
+            [[nodes]]
+            kind = "task"
+            id = "build"
+            label = "Build it"
+            run = ["sh", "-c", "echo '{}'"]
+            timeout_ms = 600000
+            retries = 2
+            sandbox = "work/app"
+            continue_on_fail = true
+            env = { MODE = "release" }
+
+            [[nodes]]
+            kind = "approval"
+            id = "ship-it"
+            title = "Ship it?"
+            summary = "Artifact built"
+            allowed_scopes = ["approval:submit"]
+            allowed_users = ["alice", "bob"]
+            on_deny = "skip"
+            auto_approve_after = "2h"
+
+            [[nodes]]
+            kind = "approval"
+            id = "plain-approval"
+
+            [[nodes]]
+            kind = "parallel"
+            id = "checks"
+            max_concurrency = 4
+            [[nodes.children]]
+            kind = "task"
+            id = "lint"
+            output = { ok = true, count = 3, ratio = 0.5, tags = ["a"], nested = { deep = "yes" } }
+            delay_ms = 200
+            [[nodes.children]]
+            kind = "signal"
+            id = "qa-passed"
+            correlation = "input.ticket"
+            timeout_ms = 3600000
+            on_timeout = "skip"
+            [[nodes.children]]
+            kind = "signal"
+            id = "named"
+            event = "custom-event"
+
+            [[nodes]]
+            kind = "sequence"
+            [[nodes.children]]
+            kind = "timer"
+            id = "wait-a-bit"
+            duration = "500ms"
+            [[nodes.children]]
+            kind = "timer"
+            id = "wait-until"
+            until = "2026-11-25T09:30:00+01:30"
+            [[nodes.children]]
+            kind = "timer"
+            id = "wait-until-literal"
+            until = 2026-11-25T08:00:00Z
+
+            [[nodes]]
+            kind = "loop"
+            id = "retry-loop"
+            max_iterations = 7
+            until = { node = "probe", field = "done", equals = true }
+            [[nodes.children]]
+            kind = "task"
+            id = "probe"
+            output = { done = false }
+
+            [[nodes]]
+            kind = "loop"
+            [[nodes.children]]
+            kind = "task"
+            id = "default-loop-body"
+            output = {}
+            "#,
+        )
+        .unwrap();
+        assert_eq!(workflow.key, "all-kinds");
+        assert_eq!(workflow.readable_name.as_deref(), Some("All kinds"));
+        assert_eq!(workflow.description.as_deref(), Some("every node kind"));
+        assert_eq!(workflow.schedule.as_deref(), Some("0 8 * * 1-5"));
+        assert!(workflow.system);
+        assert_eq!(workflow.ui_dir, Some(PathBuf::from("ui/all")));
+        assert_eq!(workflow.nodes.len(), 7);
+
+        let build = &workflow.nodes[0];
+        assert_eq!(build.id, "build");
+        assert_eq!(build.label.as_deref(), Some("Build it"));
+        let NodeKind::Task(task) = &build.kind else {
+            panic!("{build:?}")
+        };
+        assert_eq!(
+            task.body,
+            TaskBody::Command {
+                run: vec!["sh".into(), "-c".into(), "echo '{}'".into()]
+            }
+        );
+        assert_eq!(task.timeout_ms, Some(600_000));
+        assert_eq!(task.retries, 2);
+        assert_eq!(task.delay_ms, 0);
+        assert_eq!(task.sandbox.as_deref(), Some("work/app"));
+        assert!(task.continue_on_fail);
+        assert_eq!(task.env.get("MODE").map(String::as_str), Some("release"));
+
+        let NodeKind::Approval(approval) = &workflow.nodes[1].kind else {
+            panic!()
+        };
+        assert_eq!(
+            approval,
+            &ApprovalDef {
+                title: "Ship it?".into(),
+                summary: Some("Artifact built".into()),
+                allowed_scopes: vec!["approval:submit".into()],
+                allowed_users: vec!["alice".into(), "bob".into()],
+                on_deny: OnDeny::Skip,
+                auto_approve_after_ms: Some(7_200_000),
+            }
+        );
+        let NodeKind::Approval(plain) = &workflow.nodes[2].kind else {
+            panic!()
+        };
+        assert_eq!(plain.title, "plain-approval", "title defaults to the id");
+        assert_eq!(plain.on_deny, OnDeny::Fail);
+        assert_eq!(plain.auto_approve_after_ms, None);
+
+        let NodeKind::Parallel {
+            children,
+            max_concurrency,
+        } = &workflow.nodes[3].kind
+        else {
+            panic!()
+        };
+        assert_eq!(workflow.nodes[3].id, "checks");
+        assert_eq!(*max_concurrency, Some(4));
+        let NodeKind::Task(lint) = &children[0].kind else {
+            panic!()
+        };
+        let TaskBody::Static { output } = &lint.body else {
+            panic!()
+        };
+        let output_json: serde_json::Value =
+            serde_json::from_str(&simd_json::to_string(output).unwrap()).unwrap();
+        assert_eq!(
+            output_json,
+            serde_json::json!({"ok": true, "count": 3, "ratio": 0.5, "tags": ["a"], "nested": {"deep": "yes"}})
+        );
+        assert_eq!(lint.delay_ms, 200);
+        assert_eq!(lint.retries, 0);
+        let NodeKind::Signal(signal) = &children[1].kind else {
+            panic!()
+        };
+        assert_eq!(
+            signal,
+            &SignalDef {
+                name: "qa-passed".into(),
+                correlation: Some("input.ticket".into()),
+                timeout_ms: Some(3_600_000),
+                on_timeout: OnTimeout::Skip,
+            }
+        );
+        let NodeKind::Signal(named) = &children[2].kind else {
+            panic!()
+        };
+        assert_eq!(named.name, "custom-event");
+        assert_eq!(named.on_timeout, OnTimeout::Fail);
+
+        let NodeKind::Sequence { children } = &workflow.nodes[4].kind else {
+            panic!()
+        };
+        assert_eq!(workflow.nodes[4].id, "", "containers may omit the id");
+        assert_eq!(children[0].kind, NodeKind::Timer(TimerDef::DurationMs(500)));
+        assert_eq!(
+            children[1].kind,
+            NodeKind::Timer(TimerDef::UntilMs(1_795_593_600_000))
+        );
+        assert_eq!(
+            children[2].kind,
+            NodeKind::Timer(TimerDef::UntilMs(1_795_593_600_000))
+        );
+
+        let NodeKind::Loop {
+            children,
+            max_iterations,
+            until,
+        } = &workflow.nodes[5].kind
+        else {
+            panic!()
+        };
+        assert_eq!(*max_iterations, 7);
+        assert_eq!(children.len(), 1);
+        let until = until.as_ref().unwrap();
+        assert_eq!(
+            (until.node.as_str(), until.field.as_str()),
+            ("probe", "done")
+        );
+        assert_eq!(until.equals, Value::from(true));
+        let NodeKind::Loop {
+            max_iterations,
+            until,
+            ..
+        } = &workflow.nodes[6].kind
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (*max_iterations, until.is_none()),
+            (LOOP_ITERATIONS_DEFAULT, true)
+        );
+    }
+
+    // Goal: the key defaults to the file stem, and the hash is the SHA-256 of the file bytes.
+    #[test]
+    fn key_defaults_to_file_stem_and_hash_covers_the_bytes() {
+        let bytes = "[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\n";
+        let workflow = parse_workflow(Path::new("somewhere/my-flow_2.toml"), bytes).unwrap();
+        assert_eq!(workflow.key, "my-flow_2");
+        assert_eq!(workflow.path, PathBuf::from("somewhere/my-flow_2.toml"));
+        // Computed independently (Python hashlib.sha256).
+        assert_eq!(
+            workflow.hash,
+            "17e2dfbf9481f308b41748ee60374edd76e3cb1c5f94f439f013589e313eb33a"
+        );
+        assert!(!workflow.system);
+    }
+
+    // Goal: every validation rule refuses a bad file with the line of the offending key or table
+    // and a reason naming the problem. Method: one table of (text, line, reason substring).
+    #[test]
+    fn each_validation_rule_reports_line_and_reason() {
+        let task = "[[nodes]]\nkind = \"task\"\nid = \"ok\"\noutput = {}\n";
+        let cases: Vec<(String, usize, &str)> = vec![
+            // Workflow level.
+            (format!("name = \"Bad\"\n{task}"), 1, "`name` `Bad` must match"),
+            (format!("name = \"{}\"\n{task}", "a".repeat(65)), 1, "must match"),
+            (format!("name = 7\n{task}"), 1, "`name` must be a string"),
+            ("description = \"x\"\n".to_string(), 1, "at least one node"),
+            ("nodes = []\n".to_string(), 1, "`nodes` needs at least one node"),
+            ("nodes = 3\n".to_string(), 1, "`nodes` must be an array"),
+            (format!("system = \"yes\"\n{task}"), 1, "`system` must be a boolean"),
+            (format!("{task}\nsystem = true\n"), 6, "unknown key `system` in a task node"),
+            (format!("descripton = \"x\"\n{task}"), 1, "unknown key `descripton` in the workflow file"),
+            (format!("schedule = \"\"\n{task}"), 1, "`schedule` must not be empty"),
+            (format!("[ui]\n\n{task}"), 1, "`ui` needs `dir`"),
+            (format!("{task}[ui]\ndir = \"x\"\nbundle = \"y\"\n"), 7, "unknown key `bundle` in `ui`"),
+            // Nodes.
+            ("[[nodes]]\nid = \"a\"\n".to_string(), 1, "a node needs `kind`"),
+            ("[[nodes]]\nkind = \"job\"\nid = \"a\"\n".to_string(), 2, "unknown node kind `job`"),
+            ("nodes = [\"task\"]\n".to_string(), 1, "a node must be a table"),
+            ("\n[[nodes]]\nkind = \"task\"\noutput = {}\n".to_string(), 2, "a task node needs `id`"),
+            ("[[nodes]]\nkind = \"approval\"\n".to_string(), 1, "a approval node needs `id`"),
+            ("[[nodes]]\nkind = \"signal\"\n".to_string(), 1, "a signal node needs `id`"),
+            ("[[nodes]]\nkind = \"timer\"\nduration = \"1s\"\n".to_string(), 1, "a timer node needs `id`"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"has space\"\noutput = {}\n".to_string(), 3, "node id `has space` must match"),
+            (format!("[[nodes]]\nkind = \"task\"\nid = \"{}\"\noutput = {{}}\n", "x".repeat(129)), 3, "must match"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"\"\noutput = {}\n".to_string(), 3, "must match"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nouput = {}\n".to_string(), 4, "unknown key `ouput` in a task node"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nduration = \"1s\"\n".to_string(), 5, "unknown key `duration` in a task node"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nlabel = \"\"\noutput = {}\n".to_string(), 4, "`label` must not be empty"),
+            // Tasks.
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\n".to_string(), 1, "exactly one of `output` or `run`"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nrun = [\"true\"]\n".to_string(), 5, "not both"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nrun = [\"true\"]\noutput = {}\n".to_string(), 5, "not both"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = 3\n".to_string(), 4, "`output` must be a table"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nrun = []\n".to_string(), 4, "`run` must be a non-empty array of strings"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nrun = \"make\"\n".to_string(), 4, "`run` must be a non-empty array"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nrun = [\n\"sh\",\n3]\n".to_string(), 6, "`run` must be a non-empty array of strings"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nrun = [\"\"]\n".to_string(), 4, "program name must not be empty"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\nrun = [\"a\\u0000b\"]\n".to_string(), 4, "NUL"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nretries = 101\n".to_string(), 5, "`retries` = 101 is out of range 0..=100"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nretries = -1\n".to_string(), 5, "out of range"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nretries = \"2\"\n".to_string(), 5, "`retries` must be an integer"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\ndelay_ms = -5\n".to_string(), 5, "`delay_ms` = -5 is out of range"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\ntimeout_ms = 0\n".to_string(), 5, "`timeout_ms` = 0 is out of range"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\n[nodes.env]\nA = \"1\"\nB = 2\n".to_string(), 7, "`env.B` must be a string"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nenv = { \"A=B\" = \"1\" }\n".to_string(), 5, "not a valid variable name"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nsandbox = \"\"\n".to_string(), 5, "`sandbox` must not be empty"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\ncontinue_on_fail = 1\n".to_string(), 5, "`continue_on_fail` must be a boolean"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = { x = nan }\n".to_string(), 4, "NaN"),
+            // Approvals.
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\non_deny = \"retry\"\n".to_string(), 4, "`on_deny` = \"retry\" must be one of: fail, continue, skip"),
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nallowed_users = [\"alice\", \"\"]\n".to_string(), 4, "`allowed_users` must be an array of non-empty strings"),
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nallowed_scopes = \"approval:submit\"\n".to_string(), 4, "`allowed_scopes` must be an array"),
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nauto_approve_after = \"soon\"\n".to_string(), 4, "invalid duration `soon`"),
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\ntitle = \"\"\n".to_string(), 4, "`title` must not be empty"),
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nrun = [\"x\"]\n".to_string(), 4, "unknown key `run` in a approval node"),
+            // Signals.
+            ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\ncorrelation = \"ticket\"\n".to_string(), 4, "must be a dotted path starting with `input.`"),
+            ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\ncorrelation = \"input.\"\n".to_string(), 4, "dotted path"),
+            ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\ncorrelation = \"input.a..b\"\n".to_string(), 4, "dotted path"),
+            ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\non_timeout = \"retry\"\n".to_string(), 4, "`on_timeout` = \"retry\" must be one of: fail, skip, continue"),
+            ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\ntimeout_ms = 0\n".to_string(), 4, "out of range"),
+            ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\nevent = \"\"\n".to_string(), 4, "`event` must not be empty"),
+            // Timers.
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\n".to_string(), 1, "exactly one of `duration` or `until`"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nduration = \"1s\"\nuntil = \"2026-11-25T08:00:00Z\"\n".to_string(), 5, "not both"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nduration = \"0s\"\n".to_string(), 4, "must be positive"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nduration = \"5x\"\n".to_string(), 4, "invalid duration `5x`"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nduration = 500\n".to_string(), 4, "`duration` must be a string"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nuntil = \"2026-13-01T00:00:00Z\"\n".to_string(), 4, "month out of range"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nuntil = 2026-11-25T08:00:00\n".to_string(), 4, "offset must be Z"),
+            ("[[nodes]]\nkind = \"timer\"\nid = \"a\"\nuntil = 5\n".to_string(), 4, "`until` must be an RFC 3339 date-time"),
+            // Containers.
+            ("[[nodes]]\nkind = \"sequence\"\n".to_string(), 1, "a sequence node needs at least one node in `children`"),
+            ("[[nodes]]\nkind = \"parallel\"\nchildren = []\n".to_string(), 3, "`children` needs at least one node"),
+            (format!("[[nodes]]\nkind = \"parallel\"\nmax_concurrency = 0\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "`max_concurrency` = 0 is out of range"),
+            (format!("[[nodes]]\nkind = \"loop\"\nmax_iterations = 0\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "`max_iterations` = 0 is out of range 1..=10000"),
+            (format!("[[nodes]]\nkind = \"loop\"\nmax_iterations = 10001\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "out of range 1..=10000"),
+            (format!("{task}[[nodes]]\nkind = \"loop\"\nuntil = {{ node = \"ok\", field = \"done\", equals = true }}\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 7, "`until.node` `ok` does not name a node inside the loop"),
+            (format!("[[nodes]]\nkind = \"loop\"\n[nodes.until]\nnode = \"b\"\nequals = true\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "`until` needs `field`"),
+            (format!("[[nodes]]\nkind = \"loop\"\n[nodes.until]\nnode = \"b\"\nfield = \"x\"\nequals = true\nequal = 1\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 7, "unknown key `equal` in `until`"),
+            ("[[nodes]]\nkind = \"sequence\"\nmax_concurrency = 2\nchildren = [{ kind = \"task\", id = \"b\", output = {} }]\n".to_string(), 3, "unknown key `max_concurrency` in a sequence node"),
+            // Duplicate ids, leaf and container, across nesting.
+            (format!("{task}\n[[nodes]]\nkind = \"task\"\nid = \"ok\"\noutput = {{}}\n"), 8, "duplicate node id `ok` (first used at line 3)"),
+            (format!("[[nodes]]\nkind = \"sequence\"\nid = \"group\"\n[[nodes.children]]\nkind = \"task\"\nid = \"group\"\noutput = {{}}\n"), 6, "duplicate node id `group` (first used at line 3)"),
+        ];
+        let mut failures = Vec::new();
+        for (text, line, reason) in cases {
+            match parse_workflow(Path::new("dir/test.toml"), &text) {
+                Ok(_) => failures.push(format!("parsed, expected line {line} `{reason}`:\n{text}")),
+                Err(error) => {
+                    assert_eq!(error.file, PathBuf::from("dir/test.toml"), "{text}");
+                    if error.line != line || !error.reason.contains(reason) {
+                        failures.push(format!(
+                            "expected line {line} `{reason}`, got `{error}` for:\n{text}"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    // Goal: a file stem that is not a valid key is refused unless `name` overrides it.
+    #[test]
+    fn invalid_file_stem_needs_a_name() {
+        let bytes = "[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\n";
+        let error = parse_workflow(Path::new("Bad Name.toml"), bytes).unwrap_err();
+        assert_eq!(error.line, 1);
+        assert!(error.reason.contains("file stem `Bad Name`"), "{error}");
+        let renamed = format!("name = \"good\"\n{bytes}");
+        assert_eq!(
+            parse_workflow(Path::new("Bad Name.toml"), &renamed)
+                .unwrap()
+                .key,
+            "good"
+        );
+    }
+
+    // Goal: TOML syntax errors carry the line the parser stopped at.
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let cases = [
+            ("name = \"x\"\n[[nodes]]\nkind = \n", 3),
+            (
+                "name = \"x\"\n\n[[nodes]]\nkind = \"task\"\nkind = \"task\"\n",
+                5,
+            ),
+            (
+                "[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = { a = 1\n",
+                4,
+            ),
+            ("name = \"unterminated\n", 1),
+            ("a = 99999999999999999999\n", 1),
+        ];
+        for (text, line) in cases {
+            let error = parse_workflow(Path::new("x.toml"), text).unwrap_err();
+            assert_eq!(error.line, line, "{text:?}: {error}");
+            assert!(error.reason.starts_with("TOML syntax: "), "{error}");
+        }
+        let display = parse_workflow(Path::new("x.toml"), "a = \n")
+            .unwrap_err()
+            .to_string();
+        assert!(display.starts_with("x.toml:1: TOML syntax"), "{display}");
+    }
+
+    // Goal: nesting deeper than NODE_DEPTH_MAX is an error, not a stack overflow.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut text = String::new();
+        let mut header = String::from("nodes");
+        for _ in 0..40 {
+            text.push_str(&format!("[[{header}]]\nkind = \"sequence\"\n"));
+            header.push_str(".children");
+        }
+        text.push_str(&format!(
+            "[[{header}]]\nkind = \"task\"\nid = \"leaf\"\noutput = {{}}\n"
+        ));
+        let error = parse_workflow(Path::new("deep.toml"), &text).unwrap_err();
+        // The 33rd level's header sits on line 65 (two lines per level).
+        assert_eq!(error.line, 65, "{error}");
+        assert!(
+            error.reason.contains("nodes nest deeper than 32 levels"),
+            "{error}"
+        );
+    }
+
+    // Goal: durations accept a positive integer and one of the five units, nothing else.
+    #[test]
+    fn durations() {
+        let accepted = [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("2m", 120_000),
+            ("2h", 7_200_000),
+            ("7d", 604_800_000),
+            ("1ms", 1),
+            ("0010s", 10_000),
+        ];
+        for (text, ms) in accepted {
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
+        }
+        for text in [
+            "",
+            "0s",
+            "0ms",
+            "5",
+            "s",
+            "-5s",
+            "+5s",
+            "5 s",
+            " 5s",
+            "5s ",
+            "5sec",
+            "1.5s",
+            "5S",
+            "5µs",
+            "99999999999999999999d",
+            "999999999999d",
+        ] {
+            assert!(
+                parse_duration_ms(text).is_err(),
+                "{text:?} should be refused"
+            );
+        }
+        assert_eq!(format_duration_ms(500), "500ms");
+        assert_eq!(format_duration_ms(30_000), "30s");
+        assert_eq!(format_duration_ms(90_000), "90s");
+        assert_eq!(format_duration_ms(120_000), "2m");
+        assert_eq!(format_duration_ms(7_200_000), "2h");
+        assert_eq!(format_duration_ms(604_800_000), "7d");
+        assert_eq!(format_duration_ms(1_500), "1500ms");
+        assert_eq!(format_duration_ms(0), "0ms");
+    }
+
+    // Goal: RFC 3339 parsing gets calendars, offsets and fractions right and refuses out-of-range
+    // fields. Expected values computed independently (Python datetime).
+    #[test]
+    fn rfc3339_parsing() {
+        let accepted = [
+            ("1970-01-01T00:00:00Z", 0),
+            ("1969-12-31T23:59:59.999Z", -1),
+            ("2026-11-25T08:00:00Z", 1_795_593_600_000),
+            ("2026-11-25t08:00:00z", 1_795_593_600_000),
+            ("2026-11-25 08:00:00Z", 1_795_593_600_000),
+            ("2026-11-25T09:30:00+01:30", 1_795_593_600_000),
+            ("2026-11-25T03:00:00-05:00", 1_795_593_600_000),
+            ("2026-11-25T08:00:00+00:00", 1_795_593_600_000),
+            ("2026-11-25T08:00:00-00:00", 1_795_593_600_000),
+            ("2026-11-25T08:00:00.25Z", 1_795_593_600_250),
+            ("2026-11-25T08:00:00.123456789Z", 1_795_593_600_123),
+            ("2024-02-29T00:00:00Z", 1_709_164_800_000),
+            ("2000-02-29T12:00:00Z", 951_825_600_000),
+            // A leap second counts as the first second of the next minute.
+            ("2016-12-31T23:59:60Z", 1_483_228_800_000),
+        ];
+        for (text, ms) in accepted {
+            assert_eq!(parse_rfc3339_ms(text), Ok(ms), "{text}");
+        }
+        let refused = [
+            ("2023-02-29T00:00:00Z", "day out of range"),
+            ("1900-02-29T00:00:00Z", "day out of range"),
+            ("2026-02-30T00:00:00Z", "day out of range"),
+            ("2026-04-31T00:00:00Z", "day out of range"),
+            ("2026-01-32T00:00:00Z", "day out of range"),
+            ("2026-01-00T00:00:00Z", "day out of range"),
+            ("2026-13-01T00:00:00Z", "month out of range"),
+            ("2026-00-01T00:00:00Z", "month out of range"),
+            ("2026-01-01T24:00:00Z", "hour out of range"),
+            ("2026-01-01T00:60:00Z", "minute out of range"),
+            ("2026-01-01T00:00:61Z", "second out of range"),
+            ("2026-01-01T00:00:00+24:00", "offset out of range"),
+            ("2026-01-01T00:00:00+01:60", "offset out of range"),
+            ("2026-01-01T00:00:00", "offset must be Z"),
+            ("2026-01-01T00:00:00+0100", "offset must be Z"),
+            ("2026-01-01T00:00:00+01", "offset must be Z"),
+            ("2026-01-01T00:00:00Zjunk", "offset must be Z"),
+            ("2026-01-01T00:00:00.Z", "empty fraction"),
+            ("2026-01-01", "expected YYYY-MM-DD"),
+            ("", "expected YYYY-MM-DD"),
+            ("26-01-01T00:00:00Z", "expected YYYY-MM-DD"),
+            ("2026-1-01T00:00:00Z", "expected YYYY-MM-DD"),
+            ("２０２６-01-01T00:00:00Z", "expected YYYY-MM-DD"),
+            ("2026-01-01T00:00:00+０1:00", "offset must be Z"),
+        ];
+        for (text, reason) in refused {
+            let error = parse_rfc3339_ms(text).expect_err(text);
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
+
+    // Goal: formatting inverts parsing (UTC, milliseconds), including before 1970.
+    #[test]
+    fn rfc3339_formatting_round_trips() {
+        for ms in [
+            0,
+            -1,
+            951_825_600_000,
+            1_709_164_800_000,
+            1_795_593_600_123,
+            -62_135_596_800_000,
+        ] {
+            let text = format_rfc3339_ms(ms);
+            assert_eq!(parse_rfc3339_ms(&text), Ok(ms), "{text}");
+        }
+        assert_eq!(
+            format_rfc3339_ms(1_795_593_600_000),
+            "2026-11-25T08:00:00.000Z"
+        );
+        assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    // Goal: the example workflows shipped in `workflows/` all load, with the expected keys and
+    // node kinds.
+    #[test]
+    fn example_workflows_load() {
+        fn kinds(nodes: &[NodeDef]) -> Vec<String> {
+            nodes
+                .iter()
+                .map(|node| match &node.kind {
+                    NodeKind::Sequence { children } => {
+                        format!("sequence({})", kinds(children).join(","))
+                    }
+                    NodeKind::Parallel { children, .. } => {
+                        format!("parallel({})", kinds(children).join(","))
+                    }
+                    NodeKind::Loop { children, .. } => {
+                        format!("loop({})", kinds(children).join(","))
+                    }
+                    NodeKind::Task(TaskDef {
+                        body: TaskBody::Static { .. },
+                        ..
+                    }) => format!("static:{}", node.id),
+                    NodeKind::Task(TaskDef {
+                        body: TaskBody::Command { .. },
+                        ..
+                    }) => format!("command:{}", node.id),
+                    NodeKind::Approval(_) => format!("approval:{}", node.id),
+                    NodeKind::Signal(_) => format!("signal:{}", node.id),
+                    NodeKind::Timer(_) => format!("timer:{}", node.id),
+                })
+                .collect()
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows");
+        let registry = load_dir(&dir).unwrap();
+        let summary: Vec<(String, String)> = registry
+            .workflows
+            .iter()
+            .map(|(key, workflow)| (key.clone(), kinds(&workflow.nodes).join(" ")))
+            .collect();
+        let expected = [
+            ("approve", "static:build approval:ship-it static:ship"),
+            (
+                "fanout-demo",
+                "parallel(static:fan-a,static:fan-b,static:fan-c) loop(static:tick)",
+            ),
+            ("hello", "static:greet"),
+            ("nightly", "static:housekeeping"),
+            ("signal", "signal:qa-passed static:report"),
+            (
+                "slow",
+                "command:step-1 command:step-2 command:step-3 command:step-4 command:step-5",
+            ),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(key, kinds)| (key.to_string(), kinds.to_string()))
+            .collect();
+        assert_eq!(summary, expected);
+
+        let approve = &registry.workflows["approve"];
+        let NodeKind::Approval(approval) = &approve.nodes[1].kind else {
+            panic!()
+        };
+        assert_eq!(approval.title, "Ship it?");
+        assert_eq!(
+            registry.workflows["nightly"].schedule.as_deref(),
+            Some("0 3 * * *")
+        );
+        let NodeKind::Loop { max_iterations, .. } =
+            &registry.workflows["fanout-demo"].nodes[1].kind
+        else {
+            panic!()
+        };
+        assert_eq!(*max_iterations, 3);
+        let NodeKind::Parallel { children, .. } = &registry.workflows["fanout-demo"].nodes[0].kind
+        else {
+            panic!()
+        };
+        for child in children {
+            let NodeKind::Task(task) = &child.kind else {
+                panic!()
+            };
+            assert_eq!(task.delay_ms, 50);
+        }
+        for node in &registry.workflows["slow"].nodes {
+            let NodeKind::Task(TaskDef {
+                body: TaskBody::Command { run },
+                ..
+            }) = &node.kind
+            else {
+                panic!()
+            };
+            let step = node.id.trim_start_matches("step-");
+            assert_eq!(
+                run,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("sleep 0.2; echo '{{\"step\":{step}}}'")
+                ]
+            );
+        }
+        // Computed independently (Python hashlib.sha256 of workflows/hello.toml).
+        assert_eq!(
+            registry.workflows["hello"].hash,
+            "8f7243bfe949b96f4559bb91065af765acea4cfedeb567ab050321b010bdf901"
+        );
+    }
+
+    // Goal: load_dir reads only `*.toml`, in file-name order, and refuses a key defined twice,
+    // naming the second file and its `name` line.
+    #[test]
+    fn load_dir_refuses_duplicate_keys() {
+        let dir = scratch_dir("duplicates");
+        let body = "[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\n";
+        std::fs::write(dir.join("a.toml"), format!("name = \"same\"\n{body}")).unwrap();
+        std::fs::write(
+            dir.join("b.toml"),
+            format!("# comment\nname = \"same\"\n{body}"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a workflow").unwrap();
+        let error = load_dir(&dir).unwrap_err();
+        assert_eq!(error.file, dir.join("b.toml"));
+        assert_eq!(error.line, 2);
+        assert!(
+            error.reason.contains("duplicate workflow key `same`"),
+            "{error}"
+        );
+        assert!(error.reason.contains("a.toml"), "{error}");
+
+        // A stem-derived key clashing with a `name` points at line 1.
+        std::fs::remove_file(dir.join("b.toml")).unwrap();
+        std::fs::write(dir.join("same.toml"), body).unwrap();
+        let error = load_dir(&dir).unwrap_err();
+        assert_eq!((error.file, error.line), (dir.join("same.toml"), 1));
+
+        std::fs::remove_file(dir.join("same.toml")).unwrap();
+        let registry = load_dir(&dir).unwrap();
+        assert_eq!(registry.workflows.keys().collect::<Vec<_>>(), ["same"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    // Goal: the first bad file (in name order) stops loading and is the one reported.
+    #[test]
+    fn load_dir_stops_at_first_bad_file() {
+        let dir = scratch_dir("first-bad");
+        let body = "[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\n";
+        std::fs::write(dir.join("a-good.toml"), body).unwrap();
+        std::fs::write(dir.join("b-bad.toml"), "[[nodes]]\nkind = \"task\"\n").unwrap();
+        std::fs::write(dir.join("c-bad.toml"), "= broken").unwrap();
+        std::fs::write(dir.join("d-bytes.toml"), [0xff, 0xfe]).unwrap();
+        let error = load_dir(&dir).unwrap_err();
+        assert_eq!(
+            (error.file.clone(), error.line),
+            (dir.join("b-bad.toml"), 1),
+            "{error}"
+        );
+        std::fs::remove_file(dir.join("b-bad.toml")).unwrap();
+        std::fs::remove_file(dir.join("c-bad.toml")).unwrap();
+        let error = load_dir(&dir).unwrap_err();
+        assert_eq!(error.file, dir.join("d-bytes.toml"));
+        assert!(error.reason.contains("UTF-8"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let missing = load_dir(&dir).unwrap_err();
+        assert!(
+            missing.reason.contains("cannot read workflow directory"),
+            "{missing}"
+        );
+    }
+
+    // Goal: hostile input never panics (a light property check over truncations and byte flips).
+    #[test]
+    fn no_panic_on_mangled_input() {
+        let source = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/fanout-demo.toml"),
+        )
+        .unwrap();
+        for end in 0..source.len() {
+            if source.is_char_boundary(end) {
+                let _ = parse_workflow(Path::new("x.toml"), &source[..end]);
+            }
+        }
+        let bytes = source.as_bytes();
+        for index in 0..bytes.len() {
+            for replacement in [b'"', b'[', b'=', b'\n', b'.', b'{'] {
+                let mut mangled = bytes.to_vec();
+                mangled[index] = replacement;
+                if let Ok(text) = String::from_utf8(mangled) {
+                    let _ = parse_workflow(Path::new("x.toml"), &text);
+                }
+            }
+        }
+        let _ = Value::null();
     }
 }
