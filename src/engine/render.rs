@@ -669,7 +669,7 @@ max_concurrency = 2
             ("kind", Value::from("element")),
             ("tag", Value::from("smithers:sequence")),
             ("props", object(vec![])),
-            ("children", Value::Array(Box::new(Vec::new()))),
+            ("children", Value::Array(Box::default())),
         ]);
         for _ in 0..300 {
             tree = object(vec![

@@ -296,7 +296,7 @@ pub fn format_duration_ms(ms: u64) -> String {
         (1_000, "s"),
     ];
     for (unit_ms, unit) in UNITS {
-        if ms != 0 && ms % unit_ms == 0 {
+        if ms != 0 && ms.is_multiple_of(unit_ms) {
             return format!("{}{unit}", ms / unit_ms);
         }
     }
@@ -1052,7 +1052,7 @@ impl<'a> Loader<'a> {
                 let node_id = self.string(node_value, "node")?;
                 let mut inside = Vec::new();
                 collect_node_ids(&children, &mut inside);
-                if !inside.iter().any(|id| *id == node_id) {
+                if !inside.contains(&node_id) {
                     return Err(self.error(
                         node_value,
                         format!("`until.node` `{node_id}` does not name a node inside the loop"),
@@ -1675,16 +1675,16 @@ mod tests {
             // Containers.
             ("[[nodes]]\nkind = \"sequence\"\n".to_string(), 1, "a sequence node needs at least one node in `children`"),
             ("[[nodes]]\nkind = \"parallel\"\nchildren = []\n".to_string(), 3, "`children` needs at least one node"),
-            (format!("[[nodes]]\nkind = \"parallel\"\nmax_concurrency = 0\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "`max_concurrency` = 0 is out of range"),
-            (format!("[[nodes]]\nkind = \"loop\"\nmax_iterations = 0\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "`max_iterations` = 0 is out of range 1..=10000"),
-            (format!("[[nodes]]\nkind = \"loop\"\nmax_iterations = 10001\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "out of range 1..=10000"),
+            ("[[nodes]]\nkind = \"parallel\"\nmax_concurrency = 0\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {}\n".to_string(), 3, "`max_concurrency` = 0 is out of range"),
+            ("[[nodes]]\nkind = \"loop\"\nmax_iterations = 0\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {}\n".to_string(), 3, "`max_iterations` = 0 is out of range 1..=10000"),
+            ("[[nodes]]\nkind = \"loop\"\nmax_iterations = 10001\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {}\n".to_string(), 3, "out of range 1..=10000"),
             (format!("{task}[[nodes]]\nkind = \"loop\"\nuntil = {{ node = \"ok\", field = \"done\", equals = true }}\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 7, "`until.node` `ok` does not name a node inside the loop"),
-            (format!("[[nodes]]\nkind = \"loop\"\n[nodes.until]\nnode = \"b\"\nequals = true\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 3, "`until` needs `field`"),
-            (format!("[[nodes]]\nkind = \"loop\"\n[nodes.until]\nnode = \"b\"\nfield = \"x\"\nequals = true\nequal = 1\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {{}}\n"), 7, "unknown key `equal` in `until`"),
+            ("[[nodes]]\nkind = \"loop\"\n[nodes.until]\nnode = \"b\"\nequals = true\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {}\n".to_string(), 3, "`until` needs `field`"),
+            ("[[nodes]]\nkind = \"loop\"\n[nodes.until]\nnode = \"b\"\nfield = \"x\"\nequals = true\nequal = 1\n[[nodes.children]]\nkind = \"task\"\nid = \"b\"\noutput = {}\n".to_string(), 7, "unknown key `equal` in `until`"),
             ("[[nodes]]\nkind = \"sequence\"\nmax_concurrency = 2\nchildren = [{ kind = \"task\", id = \"b\", output = {} }]\n".to_string(), 3, "unknown key `max_concurrency` in a sequence node"),
             // Duplicate ids, leaf and container, across nesting.
             (format!("{task}\n[[nodes]]\nkind = \"task\"\nid = \"ok\"\noutput = {{}}\n"), 8, "duplicate node id `ok` (first used at line 3)"),
-            (format!("[[nodes]]\nkind = \"sequence\"\nid = \"group\"\n[[nodes.children]]\nkind = \"task\"\nid = \"group\"\noutput = {{}}\n"), 6, "duplicate node id `group` (first used at line 3)"),
+            ("[[nodes]]\nkind = \"sequence\"\nid = \"group\"\n[[nodes.children]]\nkind = \"task\"\nid = \"group\"\noutput = {}\n".to_string(), 6, "duplicate node id `group` (first used at line 3)"),
         ];
         let mut failures = Vec::new();
         for (text, line, reason) in cases {
