@@ -955,11 +955,8 @@ impl<'a> Loader<'a> {
                 ))
             }
         };
-        self.check_keys(
-            table,
-            &[COMMON_NODE_KEYS, kind_keys],
-            &format!("a {kind_name} node"),
-        )?;
+        let node_what = format!("{} {kind_name} node", article(kind_name));
+        self.check_keys(table, &[COMMON_NODE_KEYS, kind_keys], &node_what)?;
 
         let id = match table.get("id") {
             Some(id_value) => {
@@ -981,7 +978,7 @@ impl<'a> Loader<'a> {
                 id.to_string()
             }
             None if needs_id => {
-                return Err(self.error(value, format!("a {kind_name} node needs `id`")));
+                return Err(self.error(value, format!("{node_what} needs `id`")));
             }
             None => String::new(),
         };
@@ -1019,7 +1016,10 @@ impl<'a> Loader<'a> {
         let children = table.get("children").ok_or_else(|| {
             self.error(
                 node,
-                format!("a {kind_name} node needs at least one node in `children`"),
+                format!(
+                    "{} {kind_name} node needs at least one node in `children`",
+                    article(kind_name)
+                ),
             )
         })?;
         self.node_list(children, "children", depth + 1)
@@ -1298,6 +1298,15 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// "an approval node", "a task node".
+fn article(kind_name: &str) -> &'static str {
+    if kind_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 /// Ids of every node in `nodes` and below, in document order.
 fn collect_node_ids<'d>(nodes: &'d [NodeDef], ids: &mut Vec<&'d str>) {
     for node in nodes {
@@ -1330,8 +1339,6 @@ fn is_valid_correlation_path(path: &str) -> bool {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use simd_json::prelude::*;
-
     /// Test texts are written indented; TOML ignores leading whitespace, so each line is trimmed
     /// and line 1 is the first line after the opening quote.
     fn text(indented: &str) -> String {
@@ -1620,7 +1627,7 @@ mod tests {
             ("[[nodes]]\nkind = \"job\"\nid = \"a\"\n".to_string(), 2, "unknown node kind `job`"),
             ("nodes = [\"task\"]\n".to_string(), 1, "a node must be a table"),
             ("\n[[nodes]]\nkind = \"task\"\noutput = {}\n".to_string(), 2, "a task node needs `id`"),
-            ("[[nodes]]\nkind = \"approval\"\n".to_string(), 1, "a approval node needs `id`"),
+            ("[[nodes]]\nkind = \"approval\"\n".to_string(), 1, "an approval node needs `id`"),
             ("[[nodes]]\nkind = \"signal\"\n".to_string(), 1, "a signal node needs `id`"),
             ("[[nodes]]\nkind = \"timer\"\nduration = \"1s\"\n".to_string(), 1, "a timer node needs `id`"),
             ("[[nodes]]\nkind = \"task\"\nid = \"has space\"\noutput = {}\n".to_string(), 3, "node id `has space` must match"),
@@ -1655,7 +1662,7 @@ mod tests {
             ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nallowed_scopes = \"approval:submit\"\n".to_string(), 4, "`allowed_scopes` must be an array"),
             ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nauto_approve_after = \"soon\"\n".to_string(), 4, "invalid duration `soon`"),
             ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\ntitle = \"\"\n".to_string(), 4, "`title` must not be empty"),
-            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nrun = [\"x\"]\n".to_string(), 4, "unknown key `run` in a approval node"),
+            ("[[nodes]]\nkind = \"approval\"\nid = \"a\"\nrun = [\"x\"]\n".to_string(), 4, "unknown key `run` in an approval node"),
             // Signals.
             ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\ncorrelation = \"ticket\"\n".to_string(), 4, "must be a dotted path starting with `input.`"),
             ("[[nodes]]\nkind = \"signal\"\nid = \"a\"\ncorrelation = \"input.\"\n".to_string(), 4, "dotted path"),
@@ -2085,6 +2092,5 @@ mod tests {
                 }
             }
         }
-        let _ = Value::null();
     }
 }
