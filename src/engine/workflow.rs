@@ -2,7 +2,7 @@
 //! file, line and reason, and the registry of loaded workflows. Pure: reads files, runs nothing.
 //!
 //! The TOML text is first read into a generic tree that keeps the byte range of every value
-//! (`RawValue` inside `toml::Spanned`), then checked by hand against WORKFLOWS.md. Checking by hand
+//! (`Located` values holding `RawValue`s), then checked by hand against WORKFLOWS.md. Checking by hand
 //! rather than through `#[derive(Deserialize)]` lets every error name the line of the offending key
 //! and lets unknown keys be refused per node kind, so a typo is never silently ignored.
 //!
@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use toml::Spanned;
 
 /// What to do when an approval is denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -487,8 +486,8 @@ enum RawValue {
     Boolean(bool),
     /// A date-time literal in its TOML text form.
     Datetime(String),
-    Array(Vec<Spanned<RawValue>>),
-    Table(Vec<(String, Spanned<RawValue>)>),
+    Array(Vec<Located>),
+    Table(Vec<(String, Located)>),
 }
 
 impl RawValue {
@@ -549,21 +548,171 @@ impl<'de> Visitor<'de> for RawValueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawValue, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if entries.is_empty() && key == TOML_DATETIME_FIELD {
-                let text: String = map.next_value()?;
-                return Ok(RawValue::Datetime(text));
-            }
-            entries.push((key, map.next_value()?));
+        match map.next_key::<String>()? {
+            None => Ok(RawValue::Table(Vec::new())),
+            Some(first_key) => raw_value_from_map(first_key, map),
         }
-        Ok(RawValue::Table(entries))
     }
+}
+
+/// The rest of a map whose first key has been read: a date-time literal or a table.
+fn raw_value_from_map<'de, A: MapAccess<'de>>(
+    first_key: String,
+    mut map: A,
+) -> Result<RawValue, A::Error> {
+    if first_key == TOML_DATETIME_FIELD {
+        let text: String = map.next_value()?;
+        return Ok(RawValue::Datetime(text));
+    }
+    let mut entries = vec![(first_key, map.next_value()?)];
+    while let Some(key) = map.next_key::<String>()? {
+        entries.push((key, map.next_value()?));
+    }
+    Ok(RawValue::Table(entries))
 }
 
 impl<'de> Deserialize<'de> for RawValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawValue, D::Error> {
         deserializer.deserialize_any(RawValueVisitor)
+    }
+}
+
+/// The struct name and fields through which the `toml` deserializer hands out a value with its
+/// byte range (the protocol behind `toml::Spanned`, from serde_spanned 0.6). `toml::Spanned`
+/// itself cannot be used: tables that are only implied by dotted keys (`output.x = 1`,
+/// `[nodes.output.deep]`) have no span, and `Spanned` then fails to deserialize. `Located` asks
+/// for a span the same way but accepts a value without one. Tests pin the line numbers, so a
+/// change of protocol in a `toml` upgrade shows up as failing tests, not silent line 1s.
+const SPANNED_STRUCT_NAME: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START_FIELD: &str = "$__serde_spanned_private_start";
+const SPANNED_END_FIELD: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE_FIELD: &str = "$__serde_spanned_private_value";
+const SPANNED_FIELDS: &[&str] = &[SPANNED_START_FIELD, SPANNED_END_FIELD, SPANNED_VALUE_FIELD];
+
+/// A TOML value and the byte range it came from.
+#[derive(Debug)]
+struct Located {
+    span: Range<usize>,
+    /// False for implied tables until `place_implied_tables` gives them a position.
+    span_known: bool,
+    value: RawValue,
+}
+
+impl Located {
+    fn unplaced(value: RawValue) -> Located {
+        Located {
+            span: 0..0,
+            span_known: false,
+            value,
+        }
+    }
+
+    fn span(&self) -> &Range<usize> {
+        &self.span
+    }
+
+    fn get_ref(&self) -> &RawValue {
+        &self.value
+    }
+}
+
+/// Gives every value without a span (implied tables) the start of its first placed entry, or
+/// `fallback_start` when it has none, so that every error has a sensible line.
+fn place_implied_tables(located: &mut Located, fallback_start: usize) {
+    let own_start = if located.span_known {
+        located.span.start
+    } else {
+        fallback_start
+    };
+    let mut first_child_start = None;
+    match &mut located.value {
+        RawValue::Table(entries) => {
+            for (_, child) in entries.iter_mut() {
+                place_implied_tables(child, own_start);
+                first_child_start.get_or_insert(child.span.start);
+            }
+        }
+        RawValue::Array(items) => {
+            for child in items.iter_mut() {
+                place_implied_tables(child, own_start);
+                first_child_start.get_or_insert(child.span.start);
+            }
+        }
+        _ => {}
+    }
+    if !located.span_known {
+        let start = first_child_start.unwrap_or(fallback_start);
+        located.span = start..start;
+        located.span_known = true;
+    }
+}
+
+struct LocatedVisitor;
+
+impl<'de> Visitor<'de> for LocatedVisitor {
+    type Value = Located;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a TOML value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Located, E> {
+        Ok(Located::unplaced(RawValue::Boolean(value)))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Located, E> {
+        Ok(Located::unplaced(RawValue::Integer(value)))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Located, E> {
+        RawValueVisitor.visit_u64(value).map(Located::unplaced)
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Located, E> {
+        Ok(Located::unplaced(RawValue::Float(value)))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Located, E> {
+        Ok(Located::unplaced(RawValue::String(value.to_string())))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Located, E> {
+        Ok(Located::unplaced(RawValue::String(value)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, sequence: A) -> Result<Located, A::Error> {
+        RawValueVisitor.visit_seq(sequence).map(Located::unplaced)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Located, A::Error> {
+        let Some(first_key) = map.next_key::<String>()? else {
+            return Ok(Located::unplaced(RawValue::Table(Vec::new())));
+        };
+        if first_key != SPANNED_START_FIELD {
+            return raw_value_from_map(first_key, map).map(Located::unplaced);
+        }
+        let start: usize = map.next_value()?;
+        let end_key = map.next_key::<String>()?;
+        if end_key.as_deref() != Some(SPANNED_END_FIELD) {
+            return Err(serde::de::Error::custom("malformed spanned value"));
+        }
+        let end: usize = map.next_value()?;
+        let value_key = map.next_key::<String>()?;
+        if value_key.as_deref() != Some(SPANNED_VALUE_FIELD) {
+            return Err(serde::de::Error::custom("malformed spanned value"));
+        }
+        let value: RawValue = map.next_value()?;
+        Ok(Located {
+            span: start..end,
+            span_known: true,
+            value,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Located {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Located, D::Error> {
+        deserializer.deserialize_struct(SPANNED_STRUCT_NAME, SPANNED_FIELDS, LocatedVisitor)
     }
 }
 
@@ -576,11 +725,11 @@ fn line_of_offset_bytes(bytes: &[u8], offset: usize) -> usize {
 /// A table being checked (a view of a `RawValue::Table`).
 #[derive(Clone, Copy)]
 struct TableView<'v> {
-    entries: &'v [(String, Spanned<RawValue>)],
+    entries: &'v [(String, Located)],
 }
 
 impl<'v> TableView<'v> {
-    fn get(&self, key: &str) -> Option<&'v Spanned<RawValue>> {
+    fn get(&self, key: &str) -> Option<&'v Located> {
         self.entries
             .iter()
             .find(|(entry_key, _)| entry_key == key)
@@ -640,13 +789,14 @@ fn parse_workflow_with_name_line(
         text,
         node_id_lines: HashMap::new(),
     };
-    let root: Spanned<RawValue> = toml::from_str(text).map_err(|error| LoadError {
+    let mut root: Located = toml::from_str(text).map_err(|error| LoadError {
         file: path.to_path_buf(),
         line: error
             .span()
             .map_or(1, |span| line_of_offset_bytes(text.as_bytes(), span.start)),
         reason: format!("TOML syntax: {}", error.message().trim()),
     })?;
+    place_implied_tables(&mut root, 0);
     let table = loader.table(&root, "the workflow file")?;
     loader.check_keys(table, &[ROOT_KEYS], "the workflow file")?;
 
@@ -719,11 +869,11 @@ fn parse_workflow_with_name_line(
 }
 
 impl<'a> Loader<'a> {
-    fn line(&self, value: &Spanned<RawValue>) -> usize {
+    fn line(&self, value: &Located) -> usize {
         line_of_offset_bytes(self.text.as_bytes(), value.span().start)
     }
 
-    fn error(&self, value: &Spanned<RawValue>, reason: impl Into<String>) -> LoadError {
+    fn error(&self, value: &Located, reason: impl Into<String>) -> LoadError {
         self.error_at_line(self.line(value), reason)
     }
 
@@ -735,11 +885,7 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn table<'v>(
-        &self,
-        value: &'v Spanned<RawValue>,
-        what: &str,
-    ) -> Result<TableView<'v>, LoadError> {
+    fn table<'v>(&self, value: &'v Located, what: &str) -> Result<TableView<'v>, LoadError> {
         match value.get_ref() {
             RawValue::Table(entries) => Ok(TableView { entries }),
             other => Err(self.error(
@@ -774,7 +920,7 @@ impl<'a> Loader<'a> {
         Ok(())
     }
 
-    fn string<'v>(&self, value: &'v Spanned<RawValue>, key: &str) -> Result<&'v str, LoadError> {
+    fn string<'v>(&self, value: &'v Located, key: &str) -> Result<&'v str, LoadError> {
         match value.get_ref() {
             RawValue::String(text) => Ok(text),
             other => Err(self.error(
@@ -784,11 +930,7 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn non_empty_string<'v>(
-        &self,
-        value: &'v Spanned<RawValue>,
-        key: &str,
-    ) -> Result<&'v str, LoadError> {
+    fn non_empty_string<'v>(&self, value: &'v Located, key: &str) -> Result<&'v str, LoadError> {
         let text = self.string(value, key)?;
         if text.is_empty() {
             return Err(self.error(value, format!("`{key}` must not be empty")));
@@ -910,7 +1052,7 @@ impl<'a> Loader<'a> {
     /// A non-empty array of node tables (`nodes` or `children`).
     fn node_list(
         &mut self,
-        value: &Spanned<RawValue>,
+        value: &Located,
         key: &str,
         depth: usize,
     ) -> Result<Vec<NodeDef>, LoadError> {
@@ -926,7 +1068,7 @@ impl<'a> Loader<'a> {
         items.iter().map(|item| self.node(item, depth)).collect()
     }
 
-    fn node(&mut self, value: &Spanned<RawValue>, depth: usize) -> Result<NodeDef, LoadError> {
+    fn node(&mut self, value: &Located, depth: usize) -> Result<NodeDef, LoadError> {
         if depth >= NODE_DEPTH_MAX {
             return Err(self.error(
                 value,
@@ -1008,7 +1150,7 @@ impl<'a> Loader<'a> {
 
     fn children(
         &mut self,
-        node: &Spanned<RawValue>,
+        node: &Located,
         table: TableView,
         kind_name: &str,
         depth: usize,
@@ -1027,7 +1169,7 @@ impl<'a> Loader<'a> {
 
     fn loop_node(
         &mut self,
-        node: &Spanned<RawValue>,
+        node: &Located,
         table: TableView,
         depth: usize,
     ) -> Result<NodeKind, LoadError> {
@@ -1072,7 +1214,7 @@ impl<'a> Loader<'a> {
         })
     }
 
-    fn task(&self, node: &Spanned<RawValue>, table: TableView) -> Result<TaskDef, LoadError> {
+    fn task(&self, node: &Located, table: TableView) -> Result<TaskDef, LoadError> {
         let body = match (table.get("output"), table.get("run")) {
             (None, None) => {
                 return Err(self.error(node, "a task needs exactly one of `output` or `run`"))
@@ -1140,7 +1282,7 @@ impl<'a> Loader<'a> {
         })
     }
 
-    fn argv(&self, run: &Spanned<RawValue>) -> Result<Vec<String>, LoadError> {
+    fn argv(&self, run: &Located) -> Result<Vec<String>, LoadError> {
         let reason = "`run` must be a non-empty array of strings (argv; the program first)";
         let RawValue::Array(items) = run.get_ref() else {
             return Err(self.error(run, reason));
@@ -1228,7 +1370,7 @@ impl<'a> Loader<'a> {
         })
     }
 
-    fn timer(&self, node: &Spanned<RawValue>, table: TableView) -> Result<TimerDef, LoadError> {
+    fn timer(&self, node: &Located, table: TableView) -> Result<TimerDef, LoadError> {
         match (table.get("duration"), table.get("until")) {
             (None, None) => {
                 Err(self.error(node, "a timer needs exactly one of `duration` or `until`"))
@@ -1272,7 +1414,7 @@ impl<'a> Loader<'a> {
 
     /// Converts a TOML value to JSON: tables become objects (document key order), date-times
     /// become their text.
-    fn json(&self, value: &Spanned<RawValue>) -> Result<Value, LoadError> {
+    fn json(&self, value: &Located) -> Result<Value, LoadError> {
         Ok(match value.get_ref() {
             RawValue::String(text) | RawValue::Datetime(text) => Value::from(text.clone()),
             RawValue::Integer(number) => Value::from(*number),
@@ -2091,6 +2233,59 @@ mod tests {
                     let _ = parse_workflow(Path::new("x.toml"), &text);
                 }
             }
+        }
+    }
+
+    // Goal: tables implied by dotted keys or headers (which carry no span in the TOML parser)
+    // are read like explicit ones, and errors inside them still get a line.
+    #[test]
+    fn implied_tables_parse_and_locate_errors() {
+        let workflow = parse(
+            r#"
+            ui.dir = "ui/x"
+            [[nodes]]
+            kind = "task"
+            id = "a"
+            output.x = 1
+            output.y.z = "deep"
+            [[nodes]]
+            kind = "task"
+            id = "b"
+            [nodes.output.deep]
+            x = 1
+            "#,
+        )
+        .unwrap();
+        assert_eq!(workflow.ui_dir, Some(PathBuf::from("ui/x")));
+        let outputs: Vec<String> = workflow
+            .nodes
+            .iter()
+            .map(|node| match &node.kind {
+                NodeKind::Task(TaskDef {
+                    body: TaskBody::Static { output },
+                    ..
+                }) => simd_json::to_string(output).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            outputs,
+            [r#"{"x":1,"y":{"z":"deep"}}"#, r#"{"deep":{"x":1}}"#]
+        );
+
+        let cases = [
+            ("[ui.x]\ny = 1\n", 1, "unknown key `x` in `ui`"),
+            ("\nui.dir = 3\n", 2, "`dir` must be a string"),
+            ("[[nodes]]\nkind = \"task\"\nid = \"a\"\noutput = {}\nenv.A.B = \"x\"\n", 5, "`env.A` must be a string"),
+            ("[[nodes]]\nkind = \"loop\"\nuntil.node = \"zz\"\nuntil.field = \"f\"\nuntil.equals = 1\n[[nodes.children]]\nkind = \"task\"\nid = \"a\"\noutput = {}\n", 3, "`until.node` `zz`"),
+        ];
+        for (text, line, reason) in cases {
+            let error = parse_workflow(Path::new("x.toml"), text).unwrap_err();
+            assert_eq!(
+                (error.line, error.reason.contains(reason)),
+                (line, true),
+                "{text:?}: {error}"
+            );
         }
     }
 }
