@@ -22,3 +22,6 @@ mod rpc_http;
 // Auth end to end: JWT vectors, token/proxy/no-auth modes, gates, session cookie, limits, binary logs.
 #[path = "auth.rs"]
 mod auth;
+// Runs end to end: launch, events, approvals, signals, cancel, retries, timeouts, restart.
+#[path = "runs.rs"]
+mod runs;

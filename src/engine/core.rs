@@ -332,6 +332,8 @@ struct Run {
     next_signal_seq: i64,
     frame_no: i64,
     loop_iterations: HashMap<String, i64>,
+    /// Loop iteration keys by position path (`loop_keys_of`).
+    loop_keys: HashMap<String, String>,
     processes: HashMap<(String, i64), RunningProcess>,
     /// Re-evaluate this run at the end of the turn.
     dirty: bool,
@@ -384,13 +386,26 @@ fn not_found(run_id: &str) -> RpcError {
     RpcError::new(ErrorCode::NotFound, format!("Run not found: {run_id}"))
 }
 
-/// The key used for a loop's iteration counter: its id, or its position when it has none.
-fn loop_key(node: &NodeDef, path: &str) -> String {
-    if node.id.is_empty() {
-        format!("@{path}")
-    } else {
-        node.id.clone()
+/// Each loop's iteration key by its position path (`.0.2`), numbered as the renderer numbers
+/// loops (`render::loop_iteration_key`: pre-order, document order).
+fn loop_keys_of(nodes: &[NodeDef]) -> HashMap<String, String> {
+    fn walk(nodes: &[NodeDef], path: &str, ordinal: &mut usize, out: &mut HashMap<String, String>) {
+        for (index, node) in nodes.iter().enumerate() {
+            let here = format!("{path}.{index}");
+            match &node.kind {
+                NodeKind::Loop { children, .. } => {
+                    out.insert(here.clone(), super::render::loop_iteration_key(&node.id, *ordinal));
+                    *ordinal += 1;
+                    walk(children, &here, ordinal, out);
+                }
+                NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => walk(children, &here, ordinal, out),
+                _ => {}
+            }
+        }
     }
+    let mut out = HashMap::new();
+    walk(nodes, "", &mut 0, &mut out);
+    out
 }
 
 fn leaf_ids(nodes: &[NodeDef], out: &mut Vec<String>) {
@@ -701,6 +716,7 @@ impl Engine {
             next_signal_seq: 0,
             frame_no: 0,
             loop_iterations: HashMap::new(),
+            loop_keys: loop_keys_of(&workflow.nodes),
             processes: HashMap::new(),
             dirty: true,
         };
@@ -1087,9 +1103,11 @@ impl Engine {
                 .collect(),
             frame_no: state.last_frame_no,
             loop_iterations: HashMap::new(),
+            loop_keys: HashMap::new(),
             processes: HashMap::new(),
             dirty: true,
         };
+        run.loop_keys = loop_keys_of(&run.workflow.nodes);
         for attempt in state.attempts {
             let key = (attempt.node_id.clone(), attempt.iteration);
             let newer = run
@@ -1102,7 +1120,7 @@ impl Engine {
         }
         // Loop counters: the highest iteration any of a loop's leaves reached.
         let mut loops = Vec::new();
-        collect_loops(&run.workflow.nodes, "", &mut loops);
+        collect_loops(&run.workflow.nodes, "", &run.loop_keys, &mut loops);
         for (key, leaves) in loops {
             let highest = run
                 .nodes
@@ -1571,19 +1589,19 @@ impl Engine {
     }
 }
 
-fn collect_loops(nodes: &[NodeDef], path: &str, out: &mut Vec<(String, Vec<String>)>) {
+fn collect_loops(nodes: &[NodeDef], path: &str, keys: &HashMap<String, String>, out: &mut Vec<(String, Vec<String>)>) {
     for (index, node) in nodes.iter().enumerate() {
         let here = format!("{path}.{index}");
         match &node.kind {
             NodeKind::Loop { children, .. } => {
                 let mut leaves = Vec::new();
                 leaf_ids(children, &mut leaves);
-                out.push((loop_key(node, &here), leaves));
-                collect_loops(children, &here, out);
+                if let Some(key) = keys.get(&here) {
+                    out.push((key.clone(), leaves));
+                }
+                collect_loops(children, &here, keys, out);
             }
-            NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => {
-                collect_loops(children, &here, out)
-            }
+            NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => collect_loops(children, &here, keys, out),
             _ => {}
         }
     }
@@ -1736,7 +1754,9 @@ impl Engine {
                 max_iterations,
                 until,
             } => {
-                let key = loop_key(node, path);
+                let Some(key) = self.runs.get(run_id).and_then(|r| r.loop_keys.get(path).cloned()) else {
+                    return Progress::Failed(format!("loop at {path} has no iteration key"));
+                };
                 // Bounded by max_iterations: each pass either stops or moves to the next iteration.
                 loop {
                     let current = self
