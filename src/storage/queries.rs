@@ -872,3 +872,454 @@ pub fn integrity_check(conn: &Connection) -> StorageResult<Vec<String>> {
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .map_err(map_error)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::storage::migrations;
+    use crate::storage::thread::tests::run_row;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        migrations::migrate(&mut conn, 0).unwrap();
+        conn
+    }
+
+    fn node(run_id: &str, node_id: &str, iteration: i64, state: &str) -> NodeRow {
+        NodeRow {
+            run_id: run_id.into(),
+            node_id: node_id.into(),
+            iteration,
+            state: state.into(),
+            last_attempt: Some(1),
+            updated_at_ms: 7,
+            output_table: "out".into(),
+            label: Some("Label".into()),
+        }
+    }
+
+    fn approval(run_id: &str, node_id: &str, status: &str, requested: Option<i64>) -> ApprovalRow {
+        ApprovalRow {
+            run_id: run_id.into(),
+            node_id: node_id.into(),
+            iteration: 0,
+            status: status.into(),
+            requested_at_ms: requested,
+            decided_at_ms: None,
+            note: None,
+            decided_by: None,
+            request_json: Some("{\"mode\":\"gate\"}".into()),
+            decision_json: None,
+            auto_approved: false,
+        }
+    }
+
+    fn signal(run_id: &str, name: &str, received_at_ms: i64) -> SignalRow {
+        SignalRow {
+            run_id: run_id.into(),
+            seq: -5,
+            signal_name: name.into(),
+            correlation_id: Some("c".into()),
+            payload_json: "{\"ok\":true}".into(),
+            received_at_ms,
+            received_by: None,
+            consumed_by_node: None,
+            consumed_by_iteration: None,
+        }
+    }
+
+    fn apply_all(conn: &Connection, mutations: &[Mutation]) -> StorageResult<WriteOutcome> {
+        let mut outcome = WriteOutcome::default();
+        for mutation in mutations {
+            apply(conn, mutation, &mut outcome)?;
+        }
+        Ok(outcome)
+    }
+
+    #[test]
+    fn runs_insert_put_get_and_conflicts() {
+        let conn = db();
+        let mut run = run_row("r1", 10);
+        run.idempotency_key = Some("key".into());
+        insert_run(&conn, &run).unwrap();
+        assert_eq!(get_run(&conn, "r1").unwrap(), Some(run.clone()));
+        assert_eq!(get_run(&conn, "nope").unwrap(), None);
+
+        let error = insert_run(&conn, &run_row("r1", 11)).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::Conflict(m) if m.contains("r1")),
+            "{error}"
+        );
+        let mut other = run_row("r2", 11);
+        other.idempotency_key = Some("key".into());
+        let error = insert_run(&conn, &other).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::Conflict(m) if m.contains("run r1")),
+            "{error}"
+        );
+        assert_eq!(
+            find_run_by_idempotency_key(&conn, "key").unwrap(),
+            Some(run.clone())
+        );
+        assert_eq!(find_run_by_idempotency_key(&conn, "other").unwrap(), None);
+
+        let updated = RunRow {
+            status: "finished".into(),
+            finished_at_ms: Some(99),
+            error_json: Some("{\"x\":1}".into()),
+            cancel_requested_at_ms: Some(3),
+            pause_requested_at_ms: Some(4),
+            heartbeat_at_ms: Some(5),
+            parent_run_id: Some("p".into()),
+            ..run.clone()
+        };
+        put_run(&conn, &updated).unwrap();
+        assert_eq!(get_run(&conn, "r1").unwrap(), Some(updated));
+        let error = put_run(&conn, &run_row("ghost", 1)).unwrap_err();
+        assert!(matches!(error, StorageError::NotFound(_)), "{error}");
+
+        // Unknown status: CHECK constraint.
+        let bad = RunRow {
+            status: "exploded".into(),
+            ..run_row("r3", 1)
+        };
+        assert!(matches!(
+            insert_run(&conn, &bad),
+            Err(StorageError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn list_runs_filters_orders_and_pages() {
+        let conn = db();
+        for (id, created, status, parent) in [
+            ("a", 1, "running", None),
+            ("b", 3, "finished", Some("a")),
+            ("c", 3, "running", Some("a")),
+            ("d", 2, "running", None),
+        ] {
+            let run = RunRow {
+                status: status.into(),
+                parent_run_id: parent.map(String::from),
+                ..run_row(id, created)
+            };
+            insert_run(&conn, &run).unwrap();
+        }
+        let ids = |filter: RunFilter| -> Vec<String> {
+            list_runs(&conn, &filter)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.run_id)
+                .collect()
+        };
+        let all = RunFilter {
+            limit: 100,
+            ..RunFilter::default()
+        };
+        assert_eq!(ids(all.clone()), ["b", "c", "d", "a"]);
+        assert_eq!(
+            ids(RunFilter {
+                status: Some("running".into()),
+                ..all.clone()
+            }),
+            ["c", "d", "a"]
+        );
+        assert_eq!(
+            ids(RunFilter {
+                parent_run_id: Some("a".into()),
+                ..all.clone()
+            }),
+            ["b", "c"]
+        );
+        assert_eq!(
+            ids(RunFilter {
+                limit: 2,
+                offset: 1,
+                ..all
+            }),
+            ["c", "d"]
+        );
+    }
+
+    #[test]
+    fn nodes_attempts_outputs_approvals_upsert_and_load() {
+        let conn = db();
+        insert_run(&conn, &run_row("r", 1)).unwrap();
+        let mut attempt = AttemptRow {
+            run_id: "r".into(),
+            node_id: "n".into(),
+            iteration: 0,
+            attempt: 1,
+            state: "in-progress".into(),
+            started_at_ms: 5,
+            finished_at_ms: None,
+            heartbeat_at_ms: Some(6),
+            heartbeat_data_json: Some("{}".into()),
+            error_json: None,
+            meta_json: Some("{\"timer\":{}}".into()),
+            exit_code: None,
+        };
+        let output = OutputRow {
+            run_id: "r".into(),
+            node_id: "n".into(),
+            iteration: 0,
+            payload_json: "{\"v\":1}".into(),
+            created_at_ms: 8,
+        };
+        let outcome = apply_all(
+            &conn,
+            &[
+                Mutation::PutNode(node("r", "n", 0, "in-progress")),
+                Mutation::PutNode(node("r", "m", 1, "pending")),
+                Mutation::PutAttempt(attempt.clone()),
+                Mutation::PutOutput(output.clone()),
+                Mutation::PutApproval(approval("r", "n", "requested", Some(4))),
+            ],
+        )
+        .unwrap();
+        assert_eq!(outcome, WriteOutcome::default());
+
+        attempt.state = "finished".into();
+        attempt.finished_at_ms = Some(9);
+        attempt.exit_code = Some(0);
+        let decided = ApprovalRow {
+            status: "approved".into(),
+            decided_at_ms: Some(10),
+            decided_by: Some("alice".into()),
+            note: Some("fine".into()),
+            decision_json: Some("true".into()),
+            auto_approved: true,
+            ..approval("r", "n", "requested", Some(4))
+        };
+        let output2 = OutputRow {
+            payload_json: "{\"v\":2}".into(),
+            ..output
+        };
+        apply_all(
+            &conn,
+            &[
+                Mutation::PutNode(node("r", "n", 0, "finished")),
+                Mutation::PutAttempt(attempt.clone()),
+                Mutation::PutOutput(output2.clone()),
+                Mutation::PutApproval(decided.clone()),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(
+            list_nodes(&conn, "r").unwrap(),
+            vec![node("r", "m", 1, "pending"), node("r", "n", 0, "finished")]
+        );
+        assert_eq!(
+            get_approval(&conn, "r", "n", 0).unwrap(),
+            Some(decided.clone())
+        );
+        assert_eq!(get_approval(&conn, "r", "n", 1).unwrap(), None);
+        let state = load_run_state(&conn, "r").unwrap();
+        assert_eq!(state.run, Some(run_row("r", 1)));
+        assert_eq!(state.attempts, vec![attempt]);
+        assert_eq!(state.outputs, vec![output2]);
+        assert_eq!(state.approvals, vec![decided]);
+        assert_eq!((state.last_frame_no, state.last_event_seq), (0, -1));
+
+        let bad = approval("r", "x", "maybe", None);
+        assert!(matches!(
+            put_approval(&conn, &bad),
+            Err(StorageError::Conflict(_))
+        ));
+        // Children of an unknown run violate the foreign key.
+        assert!(matches!(
+            put_node(&conn, &node("ghost", "n", 0, "pending")),
+            Err(StorageError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn frames_insert_once() {
+        let conn = db();
+        insert_run(&conn, &run_row("r", 1)).unwrap();
+        let frame = FrameRow {
+            run_id: "r".into(),
+            frame_no: 1,
+            created_at_ms: 2,
+            xml_json: "{}".into(),
+            xml_hash: "abc".into(),
+            task_index_json: "[]".into(),
+        };
+        insert_frame(&conn, &frame).unwrap();
+        insert_frame(
+            &conn,
+            &FrameRow {
+                frame_no: 2,
+                ..frame.clone()
+            },
+        )
+        .unwrap();
+        let error = insert_frame(&conn, &frame).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::Conflict(m) if m.contains("frame 1")),
+            "{error}"
+        );
+        assert_eq!(get_frame(&conn, "r", 1).unwrap(), Some(frame));
+        assert_eq!(get_frame(&conn, "r", 3).unwrap(), None);
+        assert_eq!(load_run_state(&conn, "r").unwrap().last_frame_no, 2);
+    }
+
+    #[test]
+    fn signal_and_event_seqs_are_contiguous_per_run() {
+        let conn = db();
+        insert_run(&conn, &run_row("a", 1)).unwrap();
+        insert_run(&conn, &run_row("b", 2)).unwrap();
+        for expected in 0..5 {
+            assert_eq!(
+                insert_signal(&conn, &signal("a", "go", expected)).unwrap(),
+                expected
+            );
+            assert_eq!(
+                append_event(&conn, "a", expected, "T", "{}").unwrap(),
+                expected
+            );
+        }
+        assert_eq!(insert_signal(&conn, &signal("b", "go", 0)).unwrap(), 0);
+        assert_eq!(append_event(&conn, "b", 0, "T", "{}").unwrap(), 0);
+        // Identical redelivery returns the first seq; any difference is a new signal.
+        assert_eq!(insert_signal(&conn, &signal("a", "go", 2)).unwrap(), 2);
+        let uncorrelated = SignalRow {
+            correlation_id: None,
+            ..signal("a", "go", 2)
+        };
+        assert_eq!(insert_signal(&conn, &uncorrelated).unwrap(), 5);
+        assert_eq!(insert_signal(&conn, &uncorrelated).unwrap(), 5);
+        let seqs: Vec<i64> = list_signals(&conn, "a")
+            .unwrap()
+            .iter()
+            .map(|s| s.seq)
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5]);
+
+        let page = list_events(&conn, "a", 1, 2).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(page[0].event_type, "T");
+        assert_eq!(list_events(&conn, "b", -1, 10).unwrap().len(), 1);
+        assert_eq!(load_run_state(&conn, "a").unwrap().last_event_seq, 4);
+    }
+
+    #[test]
+    fn consume_signal_once() {
+        let conn = db();
+        insert_run(&conn, &run_row("a", 1)).unwrap();
+        let seq = insert_signal(&conn, &signal("a", "go", 1)).unwrap();
+        consume_signal(&conn, "a", seq, "wait", 0).unwrap();
+        consume_signal(&conn, "a", seq, "wait", 0).unwrap();
+        let error = consume_signal(&conn, "a", seq, "other", 0).unwrap_err();
+        assert!(
+            matches!(&error, StorageError::Conflict(m) if m.contains("wait")),
+            "{error}"
+        );
+        let error = consume_signal(&conn, "a", 42, "wait", 0).unwrap_err();
+        assert!(matches!(error, StorageError::NotFound(_)), "{error}");
+        let stored = &list_signals(&conn, "a").unwrap()[0];
+        assert_eq!(stored.consumed_by_node.as_deref(), Some("wait"));
+        assert_eq!(stored.consumed_by_iteration, Some(0));
+    }
+
+    #[test]
+    fn pending_approvals_skip_terminal_runs_oldest_first() {
+        let conn = db();
+        insert_run(&conn, &run_row("live", 1)).unwrap();
+        insert_run(&conn, &run_row("live2", 2)).unwrap();
+        let done = RunRow {
+            status: "cancelled".into(),
+            ..run_row("done", 3)
+        };
+        insert_run(&conn, &done).unwrap();
+        put_approval(&conn, &approval("live", "late", "requested", Some(50))).unwrap();
+        put_approval(&conn, &approval("live", "never", "requested", None)).unwrap();
+        put_approval(&conn, &approval("live", "decided", "approved", Some(1))).unwrap();
+        put_approval(&conn, &approval("live2", "early", "requested", Some(10))).unwrap();
+        put_approval(&conn, &approval("done", "orphan", "requested", Some(1))).unwrap();
+        let nodes = |run: Option<&str>| -> Vec<String> {
+            list_pending_approvals(&conn, run)
+                .unwrap()
+                .into_iter()
+                .map(|a| a.node_id)
+                .collect()
+        };
+        assert_eq!(nodes(None), ["never", "early", "late"]);
+        assert_eq!(nodes(Some("live")), ["never", "late"]);
+        assert!(nodes(Some("done")).is_empty());
+    }
+
+    #[test]
+    fn active_runs_and_missing_run_state() {
+        let conn = db();
+        insert_run(&conn, &run_row("b", 2)).unwrap();
+        insert_run(&conn, &run_row("a", 1)).unwrap();
+        let finished = RunRow {
+            status: "finished".into(),
+            ..run_row("f", 0)
+        };
+        insert_run(&conn, &finished).unwrap();
+        let active: Vec<String> = load_active_runs(&conn)
+            .unwrap()
+            .into_iter()
+            .filter_map(|state| state.run.map(|run| run.run_id))
+            .collect();
+        assert_eq!(active, ["a", "b"]);
+        let missing = load_run_state(&conn, "ghost").unwrap();
+        assert_eq!(missing.run, None);
+        assert_eq!(missing.last_event_seq, -1);
+    }
+
+    #[test]
+    fn deleting_a_run_cascades() {
+        let conn = db();
+        insert_run(&conn, &run_row("r", 1)).unwrap();
+        put_node(&conn, &node("r", "n", 0, "pending")).unwrap();
+        append_event(&conn, "r", 1, "T", "{}").unwrap();
+        insert_signal(&conn, &signal("r", "go", 1)).unwrap();
+        conn.execute("DELETE FROM _smithers_runs WHERE run_id = 'r'", [])
+            .unwrap();
+        assert!(list_nodes(&conn, "r").unwrap().is_empty());
+        assert!(list_events(&conn, "r", -1, 10).unwrap().is_empty());
+        assert!(list_signals(&conn, "r").unwrap().is_empty());
+    }
+
+    #[test]
+    fn error_mapping() {
+        let failure = |code: i32| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("m".into()))
+        };
+        assert!(matches!(
+            map_error(failure(rusqlite::ffi::SQLITE_FULL)),
+            StorageError::Rejected(_)
+        ));
+        assert!(matches!(
+            map_error(failure(rusqlite::ffi::SQLITE_READONLY)),
+            StorageError::Rejected(_)
+        ));
+        assert!(matches!(
+            map_error(failure(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)),
+            StorageError::Conflict(_)
+        ));
+        assert!(matches!(
+            map_error(failure(rusqlite::ffi::SQLITE_BUSY)),
+            StorageError::Sqlite(_)
+        ));
+        assert!(matches!(
+            map_error(rusqlite::Error::QueryReturnedNoRows),
+            StorageError::Sqlite(_)
+        ));
+    }
+
+    #[test]
+    fn integrity_and_pragmas_on_a_fresh_store() {
+        let conn = db();
+        assert_eq!(integrity_check(&conn).unwrap(), vec!["ok".to_string()]);
+        let pragmas = read_pragmas(&conn).unwrap();
+        assert_eq!(pragmas.schema_version, migrations::latest_version());
+        assert!(pragmas.foreign_keys);
+    }
+}

@@ -1124,6 +1124,11 @@ pub(crate) mod tests {
             }
             stop(handle, join);
         }
+        eprintln!(
+            "crash test: {CRASH_ROUNDS} rounds, {} acknowledged runs, {:?}",
+            acknowledged.len(),
+            started.elapsed()
+        );
         assert!(
             acknowledged.len() > CRASH_ROUNDS as usize,
             "too few acknowledgements to mean much"
