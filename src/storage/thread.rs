@@ -1117,7 +1117,7 @@ pub(crate) mod tests {
                 );
                 // 3 events at insert, then 2 per later Write: anything else is a torn Write.
                 assert!(
-                    seqs.len() >= 3 && (seqs.len() - 3) % 2 == 0,
+                    seqs.len() >= 3 && (seqs.len() - 3).is_multiple_of(2),
                     "torn write in {}",
                     run.run_id
                 );
