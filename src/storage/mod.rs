@@ -9,6 +9,8 @@ pub mod migrations;
 pub mod queries;
 pub mod thread;
 
+pub use thread::open;
+
 use std::path::PathBuf;
 
 /// Run statuses the store accepts (DATA.md §3).
