@@ -26,6 +26,9 @@ pub enum StartError {
     Listen(#[from] std::io::Error),
 }
 
+/// How long shutdown waits for the storage thread's last commit.
+const STORAGE_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Everything `start` needs beyond the config.
 pub struct StartOptions {
     pub workflows_dir: PathBuf,
@@ -95,8 +98,20 @@ impl Gateway {
         if let Some(thread) = engine_thread {
             let _ = thread.join();
         }
+        // The storage thread ends when its last handle is dropped; a handle still held elsewhere
+        // (a detached task) must not hang shutdown, so the wait is bounded.
         if let Some(thread) = storage_thread {
-            let _ = thread.join();
+            let deadline = std::time::Instant::now() + STORAGE_STOP_WAIT;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!(
+                    "storage thread still running at shutdown; leaving it to the process exit"
+                );
+            }
         }
     }
 }

@@ -39,6 +39,17 @@ fn assert_gateway_headers(response: &HttpResponse, content_type: &str) {
 }
 
 /// Reads until the peer closes (EOF or reset), returning every byte; panics after IO_TIMEOUT.
+/// The example workflows shipped in `workflows/`, sorted by key (GET /workflows order).
+const EXAMPLE_WORKFLOWS: [&str; 6] = ["approve", "fanout-demo", "hello", "nightly", "signal", "slow"];
+
+/// The keys of a `GET /workflows` body, in order.
+fn workflow_keys(body: &serde_json::Value) -> Vec<String> {
+    body["workflows"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| row["key"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
 fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -119,13 +130,13 @@ fn health_has_every_field_and_the_gateway_headers() {
             "stateVersion": 0,
             "identity": {
                 "workspaceRoot": null,
-                "backend": null,
+                "backend": "sqlite",
                 "version": identity["version"],
                 "pid": std::process::id(),
                 "startedAtMs": started_at_ms,
             },
-            "workflowsLoaded": 0,
-            "workflowsTotal": 0,
+            "workflowsLoaded": EXAMPLE_WORKFLOWS.len(),
+            "workflowsTotal": EXAMPLE_WORKFLOWS.len(),
         })
     );
 }
@@ -161,7 +172,7 @@ fn fixed_routes_answer_their_exact_bodies() {
 
     let workflows = check(addr, b"GET /workflows HTTP/1.1\r\nHost: x\r\n\r\n", 200);
     assert_gateway_headers(&workflows, "application/json");
-    assert_eq!(workflows.json(), json!({"workflows": []}));
+    assert_eq!(workflow_keys(&workflows.json()), EXAMPLE_WORKFLOWS);
 
     let index = check(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 200);
     assert_gateway_headers(&index, "text/html; charset=utf-8");
@@ -306,7 +317,7 @@ fn pipelined_requests_are_answered_in_order() {
     http.send(pipeline.as_bytes());
     let first = http.response();
     assert_eq!(first.status, 200);
-    assert_eq!(first.json(), json!({"workflows": []}));
+    assert_eq!(workflow_keys(&first.json()), EXAMPLE_WORKFLOWS);
     let second = http.response();
     assert_eq!(second.status, 200);
     assert_eq!(second.json()["id"], "p2");

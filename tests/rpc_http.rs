@@ -63,8 +63,8 @@ fn rpc_body_route_answers_health_with_the_body_id() {
             "stateVersion": 0,
             "uptimeMs": payload["uptimeMs"],
             "identity": payload["identity"],
-            "workflowsLoaded": 0,
-            "workflowsTotal": 0,
+            "workflowsLoaded": 6,
+            "workflowsTotal": 6,
         }})
     );
     assert_eq!(payload["identity"]["pid"], std::process::id());

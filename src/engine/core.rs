@@ -310,12 +310,15 @@ struct Timer {
     attempt: i64,
 }
 
+/// Runs once the turn's write is settled: with the error when it failed.
+type AfterCommit = Box<dyn FnOnce(Option<&StorageError>) + Send>;
+
 /// Effects of one loop turn, persisted and published together.
 #[derive(Default)]
 struct Turn {
     mutations: Vec<Mutation>,
     broadcasts: Vec<(String, Value)>,
-    after_commit: Vec<Box<dyn FnOnce(Option<&StorageError>) + Send>>,
+    after_commit: Vec<AfterCommit>,
     touched: HashSet<String>,
 }
 
@@ -394,11 +397,16 @@ fn loop_keys_of(nodes: &[NodeDef]) -> HashMap<String, String> {
             let here = format!("{path}.{index}");
             match &node.kind {
                 NodeKind::Loop { children, .. } => {
-                    out.insert(here.clone(), super::render::loop_iteration_key(&node.id, *ordinal));
+                    out.insert(
+                        here.clone(),
+                        super::render::loop_iteration_key(&node.id, *ordinal),
+                    );
                     *ordinal += 1;
                     walk(children, &here, ordinal, out);
                 }
-                NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => walk(children, &here, ordinal, out),
+                NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => {
+                    walk(children, &here, ordinal, out)
+                }
                 _ => {}
             }
         }
@@ -533,10 +541,12 @@ impl Engine {
             .call_blocking(|reply| Command::Write { mutations, reply });
         match result {
             Ok(_) => {
-                self.hub.publish(turn.broadcasts);
+                // Answers first: a caller that launched a run should see its response before the
+                // run's events whenever both reach the same socket.
                 for callback in turn.after_commit {
                     callback(None);
                 }
+                self.hub.publish(turn.broadcasts);
             }
             Err(error) => {
                 tracing::error!(%error, runs = turn.touched.len(), "engine write failed; reloading runs");
@@ -681,7 +691,7 @@ impl Engine {
             _ => simd_json::owned::Object::default(),
         };
         for (key, value) in request.options {
-            config.insert(key.into(), value);
+            config.insert(key, value);
         }
         let row = RunRow {
             run_id: run_id.clone(),
@@ -1589,7 +1599,12 @@ impl Engine {
     }
 }
 
-fn collect_loops(nodes: &[NodeDef], path: &str, keys: &HashMap<String, String>, out: &mut Vec<(String, Vec<String>)>) {
+fn collect_loops(
+    nodes: &[NodeDef],
+    path: &str,
+    keys: &HashMap<String, String>,
+    out: &mut Vec<(String, Vec<String>)>,
+) {
     for (index, node) in nodes.iter().enumerate() {
         let here = format!("{path}.{index}");
         match &node.kind {
@@ -1601,7 +1616,9 @@ fn collect_loops(nodes: &[NodeDef], path: &str, keys: &HashMap<String, String>, 
                 }
                 collect_loops(children, &here, keys, out);
             }
-            NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => collect_loops(children, &here, keys, out),
+            NodeKind::Sequence { children } | NodeKind::Parallel { children, .. } => {
+                collect_loops(children, &here, keys, out)
+            }
             _ => {}
         }
     }
@@ -1754,7 +1771,11 @@ impl Engine {
                 max_iterations,
                 until,
             } => {
-                let Some(key) = self.runs.get(run_id).and_then(|r| r.loop_keys.get(path).cloned()) else {
+                let Some(key) = self
+                    .runs
+                    .get(run_id)
+                    .and_then(|r| r.loop_keys.get(path).cloned())
+                else {
                     return Progress::Failed(format!("loop at {path} has no iteration key"));
                 };
                 // Bounded by max_iterations: each pass either stops or moves to the next iteration.

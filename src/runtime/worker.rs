@@ -49,6 +49,8 @@ pub trait EventSink {
 
 /// Worker-local state shared by the worker's connection tasks.
 pub struct WorkerContext {
+    /// Ends the broadcast delivery task at shutdown.
+    delivery_stop: Notify,
     sinks: RefCell<HashMap<u64, Rc<dyn EventSink>>>,
     next_sink_id: Cell<u64>,
     pub index: usize,
@@ -134,6 +136,7 @@ async fn serve(
         }
     };
     let context = Rc::new(WorkerContext {
+        delivery_stop: Notify::default(),
         sinks: RefCell::new(HashMap::new()),
         next_sink_id: Cell::new(0),
         index,
@@ -143,9 +146,10 @@ async fn serve(
         next_connection_id: Cell::new(0),
         stopping: Cell::new(false),
     });
-    if let Some(receiver) = state.hub.take_receiver(index) {
-        monoio::spawn(deliver_broadcasts(context.clone(), receiver));
-    }
+    let delivery = state
+        .hub
+        .take_receiver(index)
+        .map(|receiver| monoio::spawn(deliver_broadcasts(context.clone(), receiver)));
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
@@ -169,6 +173,10 @@ async fn serve(
     while !context.connections.borrow().is_empty() && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    context.delivery_stop.notify();
+    if let Some(delivery) = delivery {
+        delivery.await;
+    }
     let left = context.connections.borrow().len();
     if left > 0 {
         tracing::warn!(
@@ -184,7 +192,12 @@ async fn deliver_broadcasts(
     context: Rc<WorkerContext>,
     receiver: flume::Receiver<crate::events::hub::BroadcastBatch>,
 ) {
-    while let Ok(batch) = receiver.recv_async().await {
+    loop {
+        let batch = monoio::select! {
+            batch = receiver.recv_async() => batch,
+            _ = context.delivery_stop.notified() => return,
+        };
+        let Ok(batch) = batch else { return };
         let sinks: Vec<Rc<dyn EventSink>> = context.sinks.borrow().values().cloned().collect();
         for broadcast in batch.iter() {
             for sink in &sinks {

@@ -10,7 +10,6 @@ pub mod queries;
 pub mod thread;
 pub use thread::open;
 
-
 use std::path::PathBuf;
 
 /// Run statuses the store accepts (DATA.md §3).
