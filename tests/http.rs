@@ -38,18 +38,29 @@ fn assert_gateway_headers(response: &HttpResponse, content_type: &str) {
     );
 }
 
-/// Reads until the peer closes (EOF or reset), returning every byte; panics after IO_TIMEOUT.
 /// The example workflows shipped in `workflows/`, sorted by key (GET /workflows order).
-const EXAMPLE_WORKFLOWS: [&str; 6] = ["approve", "fanout-demo", "hello", "nightly", "signal", "slow"];
+const EXAMPLE_WORKFLOWS: [&str; 6] = [
+    "approve",
+    "fanout-demo",
+    "hello",
+    "nightly",
+    "signal",
+    "slow",
+];
 
 /// The keys of a `GET /workflows` body, in order.
 fn workflow_keys(body: &serde_json::Value) -> Vec<String> {
     body["workflows"]
         .as_array()
-        .map(|rows| rows.iter().filter_map(|row| row["key"].as_str().map(str::to_string)).collect())
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row["key"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
+/// Reads until the peer closes (EOF or reset), returning every byte; panics after IO_TIMEOUT.
 fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
