@@ -2503,10 +2503,31 @@ impl Engine {
         run.row.heartbeat_at_ms = Some(now);
         self.turn.mutations.push(Mutation::PutRun(run.row.clone()));
         self.turn.touched.insert(run_id.to_string());
-        let payload = object(vec![
+        // EVENTS.md §2.2: children that failed without failing the run (continue_on_fail).
+        let mut failed_keys: Vec<(String, i64)> = run
+            .nodes
+            .values()
+            .filter(|node| node.state == "failed")
+            .map(|node| (node.node_id.clone(), node.iteration))
+            .collect();
+        failed_keys.sort();
+        let mut fields = vec![
             ("runId", Value::from(run_id)),
             ("status", Value::from("finished")),
-        ]);
+        ];
+        if !failed_keys.is_empty() {
+            fields.push(("failedChildren", Value::from(failed_keys.len() as u64)));
+            fields.push((
+                "failedChildKeys",
+                Value::Array(Box::new(
+                    failed_keys
+                        .iter()
+                        .map(|(id, iteration)| Value::from(format!("{id}::{iteration}")))
+                        .collect(),
+                )),
+            ));
+        }
+        let payload = object(fields);
         self.persist_event(
             run_id,
             "RunFinished",

@@ -485,7 +485,7 @@ impl Client {
         (
             Client {
                 ws,
-                pub backlog: Default::default(),
+                backlog: Default::default(),
             },
             hello,
         )
