@@ -1116,6 +1116,50 @@ fn interrupted_attempt_is_retried_after_restart() {
     drop(second);
 }
 
+/// A retry still waiting for its backoff when the gateway stops is not forgotten: after the
+/// restart the next attempt runs and the run finishes.
+#[test]
+fn pending_retry_survives_restart() {
+    let scratch = temp_dir("marker");
+    let marker = scratch.join("failed-once");
+    let workflow = format!(
+        "[[nodes]]\nkind = \"task\"\nid = \"once\"\nretries = 1\nenv = {{ MARKER = \"{}\" }}\nrun = [\"sh\", \"-c\", \"if [ -e \\\"$MARKER\\\" ]; then echo '{{}}'; else touch \\\"$MARKER\\\"; exit 1; fi\"]\n",
+        marker.display()
+    );
+    let workflows = workflow_dir(&[("once", &workflow)]);
+    let data = temp_dir("restart-retry");
+    // A backoff far longer than the test: the retry can only happen after the restart.
+    let slow_retries = smithers_gateway::engine::core::EngineOptions {
+        retry_backoff_base_ms: 600_000,
+        ..Default::default()
+    };
+    let first = Gateway::start_engine(admin_config(), 1, &workflows, &data, slow_retries);
+    let (mut client, _) = Client::connect(first.addr);
+    let run_id = launch(&mut client, "once", json!({}));
+    let retrying = client.wait_event(&run_id, "node.retrying");
+    assert_eq!(retrying["payload"]["attempt"], 2);
+    drop(client);
+    stop_keeping_data(first);
+
+    let second = Gateway::start_full(admin_config(), 1, &workflows, &data);
+    let (mut client, _) = Client::connect(second.addr);
+    wait_status(&mut client, &run_id, "finished");
+    assert_eq!(
+        attempts(&data, &run_id, "once"),
+        vec![
+            (
+                1,
+                "failed".to_string(),
+                json!({"message": "exited with code 1"})
+            ),
+            (2, "finished".to_string(), Value::Null)
+        ]
+    );
+    drop(client);
+    drop(second);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
 // ---- 9. crash test of the real binary ----
 
 /// The real binary as a child process, SIGKILLed when dropped.

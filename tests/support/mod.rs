@@ -65,6 +65,21 @@ impl Gateway {
         workflows_dir: &Path,
         data_dir: &Path,
     ) -> Gateway {
+        let engine = smithers_gateway::engine::core::EngineOptions {
+            retry_backoff_base_ms: 50,
+            ..Default::default()
+        };
+        Gateway::start_engine(gateway, workers, workflows_dir, data_dir, engine)
+    }
+
+    /// `start_full` with explicit engine options (e.g. a long retry backoff).
+    pub fn start_engine(
+        gateway: GatewayConfig,
+        workers: usize,
+        workflows_dir: &Path,
+        data_dir: &Path,
+        engine: smithers_gateway::engine::core::EngineOptions,
+    ) -> Gateway {
         gateway
             .validate()
             .unwrap_or_else(|e| panic!("invalid test config: {e}"));
@@ -81,10 +96,7 @@ impl Gateway {
         let options = smithers_gateway::gateway::StartOptions {
             workflows_dir: workflows_dir.to_path_buf(),
             authenticator: Authenticator::new(auth, None),
-            engine: smithers_gateway::engine::core::EngineOptions {
-                retry_backoff_base_ms: 50,
-                ..Default::default()
-            },
+            engine,
             synchronous_full: true,
         };
         let inner = smithers_gateway::gateway::start(config, options)
