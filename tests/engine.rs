@@ -34,7 +34,12 @@ fn workflow_dir(workflows: &[(&str, &str)]) -> PathBuf {
 
 /// A gateway (admin token only) serving `workflows`.
 fn start(workflows: &[(&str, &str)]) -> Gateway {
-    Gateway::start_full(admin_config(), 1, &workflow_dir(workflows), &temp_dir("data"))
+    Gateway::start_full(
+        admin_config(),
+        1,
+        &workflow_dir(workflows),
+        &temp_dir("data"),
+    )
 }
 
 fn fresh_id() -> String {
@@ -64,7 +69,10 @@ fn wait_status(client: &mut Client, run_id: &str, status: &str) -> Value {
         if run["status"] == status {
             return run;
         }
-        assert!(Instant::now() < deadline, "run never became {status}: {run}");
+        assert!(
+            Instant::now() < deadline,
+            "run never became {status}: {run}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -84,7 +92,10 @@ fn node_events(events: &[Value]) -> Vec<(String, String)> {
         .map(|e| {
             (
                 e["event"].as_str().unwrap_or_default().to_string(),
-                e["payload"]["nodeId"].as_str().unwrap_or_default().to_string(),
+                e["payload"]["nodeId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect()
@@ -211,7 +222,8 @@ const THREE_STATIC: &str = r#"
 /// `max_concurrency = 1` runs the children one at a time; without it they all run at once.
 #[test]
 fn parallel_respects_max_concurrency() {
-    let serial = format!("[[nodes]]\nkind = \"parallel\"\nid = \"p\"\nmax_concurrency = 1\n{THREE_STATIC}");
+    let serial =
+        format!("[[nodes]]\nkind = \"parallel\"\nid = \"p\"\nmax_concurrency = 1\n{THREE_STATIC}");
     let open = format!("[[nodes]]\nkind = \"parallel\"\nid = \"p\"\n{THREE_STATIC}");
     let gateway = start(&[("serial", &serial), ("open", &open)]);
     let (mut client, _) = Client::connect(gateway.addr);
@@ -243,7 +255,10 @@ fn parallel_respects_max_concurrency() {
         completed_payload(&events),
         json!({"runId": run_id, "status": "finished"})
     );
-    assert_eq!(get_run(&mut client, &run_id)["summary"], json!({"finished": 3}));
+    assert_eq!(
+        get_run(&mut client, &run_id)["summary"],
+        json!({"finished": 3})
+    );
 
     let run_id = launch(&mut client, "open", json!({}));
     let events = client.events_until_completed(&run_id);
@@ -258,7 +273,10 @@ fn parallel_respects_max_concurrency() {
         completed_payload(&events),
         json!({"runId": run_id, "status": "finished"})
     );
-    assert_eq!(get_run(&mut client, &run_id)["summary"], json!({"finished": 3}));
+    assert_eq!(
+        get_run(&mut client, &run_id)["summary"],
+        json!({"finished": 3})
+    );
 }
 
 /// A failing child fails the parallel block and the run; its running sibling is cancelled.
@@ -349,7 +367,10 @@ max_iterations = 3
         completed_payload(&events),
         json!({"runId": run_id, "status": "finished"})
     );
-    assert_eq!(get_run(&mut client, &run_id)["summary"], json!({"finished": 3}));
+    assert_eq!(
+        get_run(&mut client, &run_id)["summary"],
+        json!({"finished": 3})
+    );
     let iterations: Vec<i64> = outputs(&gateway.data_dir, &run_id, "t")
         .into_iter()
         .map(|(iteration, _)| iteration)
@@ -389,7 +410,10 @@ until = { node = "check", field = "done", equals = true }
         2,
         "{events:?}"
     );
-    assert_eq!(get_run(&mut client, &run_id)["summary"], json!({"finished": 2}));
+    assert_eq!(
+        get_run(&mut client, &run_id)["summary"],
+        json!({"finished": 2})
+    );
     assert_eq!(
         outputs(&gateway.data_dir, &run_id, "check"),
         vec![
@@ -421,7 +445,9 @@ fn timers_wait_then_finish() {
     assert_eq!(run["runState"]["state"], "waiting-timer");
     assert_eq!(run["runState"]["blocked"]["kind"], "timer");
     assert_eq!(run["runState"]["blocked"]["nodeId"], "nap");
-    let wake_at = run["runState"]["blocked"]["wakeAt"].as_i64().unwrap_or(i64::MAX);
+    let wake_at = run["runState"]["blocked"]["wakeAt"]
+        .as_i64()
+        .unwrap_or(i64::MAX);
     let events = client.events_until_completed(&run_id);
     assert_eq!(
         node_events(&events)[0],
@@ -552,7 +578,10 @@ output = { ok = true }
         outputs(&gateway.data_dir, &run_id, "go"),
         vec![(0, json!({"early": true}))]
     );
-    assert_eq!(get_run(&mut client, &run_id)["summary"], json!({"finished": 3}));
+    assert_eq!(
+        get_run(&mut client, &run_id)["summary"],
+        json!({"finished": 3})
+    );
 }
 
 /// `timeout_ms` with on_timeout fail / skip / continue: failed run, skipped node, finished node.
@@ -587,7 +616,12 @@ fn signal_timeouts_follow_on_timeout() {
     let events = client.events_until_completed(&run_id);
     assert_eq!(
         names(&events),
-        vec!["node.skipped", "node.started", "node.finished", "run.completed"],
+        vec![
+            "node.skipped",
+            "node.started",
+            "node.finished",
+            "run.completed"
+        ],
         "{events:?}"
     );
     assert_eq!(
@@ -632,7 +666,11 @@ fn denied_approval_continue_and_skip() {
     let (mut client, _) = Client::connect(gateway.addr);
     for (workflow, gate_event, summary) in [
         ("deny-continue", "node.finished", json!({"finished": 2})),
-        ("deny-skip", "node.skipped", json!({"finished": 1, "skipped": 1})),
+        (
+            "deny-skip",
+            "node.skipped",
+            json!({"finished": 1, "skipped": 1}),
+        ),
     ] {
         let run_id = launch(&mut client, workflow, json!({}));
         client.wait_event(&run_id, "approval.requested");
@@ -656,10 +694,17 @@ fn denied_approval_continue_and_skip() {
             json!({"runId": run_id, "status": "finished"}),
             "{workflow}"
         );
-        assert_eq!(get_run(&mut client, &run_id)["summary"], summary, "{workflow}");
+        assert_eq!(
+            get_run(&mut client, &run_id)["summary"],
+            summary,
+            "{workflow}"
+        );
         assert_eq!(
             outputs(&gateway.data_dir, &run_id, "gate"),
-            vec![(0, json!({"approved": false, "decision": null, "note": null}))]
+            vec![(
+                0,
+                json!({"approved": false, "decision": null, "note": null})
+            )]
         );
     }
 }
@@ -853,7 +898,12 @@ run = ["sh", "-c", "if [ -e \"$MARKER\" ]; then echo '{{\"second\":true}}'; else
     let events = client.events_until_completed(&run_id);
     assert_eq!(
         names(&events),
-        vec!["node.started", "node.retrying", "node.finished", "run.completed"],
+        vec![
+            "node.started",
+            "node.retrying",
+            "node.finished",
+            "run.completed"
+        ],
         "{events:?}"
     );
     let retrying = events
@@ -918,7 +968,10 @@ fn non_json_stdout_fails() {
 /// broadcasts run.completed {cancelled} exactly once.
 #[test]
 fn cancel_kills_the_process_group() {
-    let marker = format!("30.{}", 100_000 + u64::from(uuid::Uuid::new_v4().as_fields().1));
+    let marker = format!(
+        "30.{}",
+        100_000 + u64::from(uuid::Uuid::new_v4().as_fields().1)
+    );
     let workflow = format!(
         "[[nodes]]\nkind = \"task\"\nid = \"sleepy\"\nrun = [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}; wait\"]\n[[nodes]]\nkind = \"task\"\nid = \"never\"\noutput = {{ ok = true }}\n"
     );
@@ -975,7 +1028,9 @@ fn cancel_kills_the_process_group() {
         json!({"runId": run_id, "status": "cancelled"})
     );
     assert_eq!(
-        seen.iter().filter(|e| e["event"] == "node.cancelled").count(),
+        seen.iter()
+            .filter(|e| e["event"] == "node.cancelled")
+            .count(),
         1
     );
 }
@@ -1034,7 +1089,9 @@ fn timer_survives_restart() {
     let (mut client, _) = Client::connect(first.addr);
     let run_id = launch(&mut client, "nap", json!({}));
     let run = wait_status(&mut client, &run_id, "waiting-timer");
-    let wake_at = run["runState"]["blocked"]["wakeAt"].as_i64().unwrap_or(i64::MAX);
+    let wake_at = run["runState"]["blocked"]["wakeAt"]
+        .as_i64()
+        .unwrap_or(i64::MAX);
     drop(client);
     stop_keeping_data(first);
 
@@ -1190,10 +1247,7 @@ impl Child {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn gateway: {e}"));
-        let stdout = process
-            .stdout
-            .take()
-            .unwrap_or_else(|| panic!("no stdout"));
+        let stdout = process.stdout.take().unwrap_or_else(|| panic!("no stdout"));
         // The first line names the address; read it on a thread so a silent child cannot hang us.
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -1301,15 +1355,23 @@ fn check_database(data: &Path) -> usize {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(integrity, "ok");
     let mut statement = db
-        .prepare("SELECT run_id, COUNT(*), MIN(seq), MAX(seq) FROM _smithers_events GROUP BY run_id")
+        .prepare(
+            "SELECT run_id, COUNT(*), MIN(seq), MAX(seq) FROM _smithers_events GROUP BY run_id",
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let rows: Vec<(String, i64, i64, i64)> = statement
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
         .unwrap_or_else(|e| panic!("{e}"))
         .map(|row| row.unwrap_or_else(|e| panic!("{e}")))
         .collect();
     for (run_id, count, min, max) in &rows {
-        assert_eq!((*min, *max), (0, count - 1), "event seq gap in run {run_id}");
+        assert_eq!(
+            (*min, *max),
+            (0, count - 1),
+            "event seq gap in run {run_id}"
+        );
     }
     // Every run has its events, and every finished run exactly one RunFinished.
     let orphans: i64 = db
@@ -1327,7 +1389,10 @@ fn check_database(data: &Path) -> usize {
             |row| row.get(0),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(bad_finishes, 0, "finished runs without exactly one RunFinished");
+    assert_eq!(
+        bad_finishes, 0,
+        "finished runs without exactly one RunFinished"
+    );
     rows.len()
 }
 
@@ -1363,10 +1428,18 @@ fn crash_test_sigkill_during_launches() {
     let budget = started + Duration::from_secs(85);
     let scratch = temp_dir("crash");
     let data = scratch.join("data");
-    let workflows = workflow_dir(&[(
-        "hello",
-        "[[nodes]]\nkind = \"task\"\nid = \"greet\"\noutput = { message = \"hello\" }\n",
-    )]);
+    // `hello` finishes within its launch; `relay` is still in flight for a while, so kills land
+    // in the middle of runs, which must resume (interrupted attempts are retried).
+    let workflows = workflow_dir(&[
+        (
+            "hello",
+            "[[nodes]]\nkind = \"task\"\nid = \"greet\"\noutput = { message = \"hello\" }\n",
+        ),
+        (
+            "relay",
+            "[[nodes]]\nkind = \"task\"\nid = \"hop\"\noutput = { n = 1 }\ndelay_ms = 150\nretries = 3\n[[nodes]]\nkind = \"task\"\nid = \"greet\"\noutput = { message = \"hello\" }\n",
+        ),
+    ]);
     let config = scratch.join("gateway.toml");
     std::fs::write(
         &config,
@@ -1377,7 +1450,10 @@ fn crash_test_sigkill_during_launches() {
     let mut all_acked: Vec<String> = Vec::new();
     let mut previous: Vec<String> = Vec::new();
     for round in 0..ROUNDS {
-        assert!(Instant::now() < budget, "crash test over budget at round {round}");
+        assert!(
+            Instant::now() < budget,
+            "crash test over budget at round {round}"
+        );
         let mut child = Child::spawn(&data, &workflows, &config, &log);
         // The previous round's acknowledged runs survived the kill and are finished.
         verify_runs(child.addr, &previous, budget);
@@ -1393,7 +1469,8 @@ fn crash_test_sigkill_during_launches() {
                         if stop.load(Ordering::SeqCst) {
                             return;
                         }
-                        let params = json!({"workflow": "hello", "options": {"idempotencyKey": format!("r{round}-c{client}-{n}")}});
+                        let workflow = if client == 0 { "hello" } else { "relay" };
+                        let params = json!({"workflow": workflow, "options": {"idempotencyKey": format!("r{round}-c{client}-{n}")}});
                         match try_rpc(addr, "launchRun", &params) {
                             Some((200, body)) if body["ok"] == true => {
                                 let run_id = body["payload"]["runId"]
@@ -1427,7 +1504,9 @@ fn crash_test_sigkill_during_launches() {
         child.sigkill();
         stop.store(true, Ordering::SeqCst);
         for thread in threads {
-            thread.join().unwrap_or_else(|_| panic!("client thread panicked"));
+            thread
+                .join()
+                .unwrap_or_else(|_| panic!("client thread panicked"));
         }
         drop(child);
         check_database(&data);
@@ -1437,15 +1516,39 @@ fn crash_test_sigkill_during_launches() {
     // Final restart: every run acknowledged in any round is there and finished.
     let mut child = Child::spawn(&data, &workflows, &config, &log);
     verify_runs(child.addr, &all_acked, budget);
-    let runs = try_rpc(child.addr, "listRuns", &json!({"filter": {"limit": 10000}}));
-    let listed = runs.map(|(_, body)| body["payload"].as_array().map_or(0, Vec::len));
+    // No run is left stuck: acknowledged or not, every stored run reaches a terminal state.
+    loop {
+        let open: i64 = open_db(&data)
+            .query_row(
+                "SELECT COUNT(*) FROM _smithers_runs WHERE status NOT IN ('finished', 'failed', 'cancelled')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < budget, "{open} runs never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let interrupted: i64 = open_db(&data)
+        .query_row(
+            "SELECT COUNT(*) FROM _smithers_attempts WHERE error_json LIKE '%interrupted%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     child.terminate();
     let runs_with_events = check_database(&data);
     let unique: std::collections::HashSet<&String> = all_acked.iter().collect();
-    assert_eq!(unique.len(), all_acked.len(), "duplicate run ids acknowledged");
+    assert_eq!(
+        unique.len(),
+        all_acked.len(),
+        "duplicate run ids acknowledged"
+    );
     assert!(runs_with_events >= all_acked.len());
     eprintln!(
-        "crash test: {ROUNDS} rounds, {} acknowledged runs, 0 lost, integrity ok, {runs_with_events} runs with contiguous events, {listed:?} listed, {:?}",
+        "crash test: {ROUNDS} rounds, {} acknowledged runs, 0 lost, integrity ok, {runs_with_events} runs with contiguous events, {interrupted} interrupted attempts resumed, {:?}",
         all_acked.len(),
         started.elapsed()
     );
@@ -1461,13 +1564,13 @@ fn crash_test_sigkill_during_launches() {
 /// succeed once the lock is released.
 #[test]
 fn locked_database_refuses_writes_cleanly() {
-    let gateway = start(&[(
-        "gate",
-        &approval_workflow(""),
-    ), (
-        "hello",
-        "[[nodes]]\nkind = \"task\"\nid = \"greet\"\noutput = { message = \"hello\" }\n",
-    )]);
+    let gateway = start(&[
+        ("gate", &approval_workflow("")),
+        (
+            "hello",
+            "[[nodes]]\nkind = \"task\"\nid = \"greet\"\noutput = { message = \"hello\" }\n",
+        ),
+    ]);
     let (mut client, _) = Client::connect(gateway.addr);
     let waiting = launch(&mut client, "gate", json!({}));
     client.wait_event(&waiting, "approval.requested");

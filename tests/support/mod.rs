@@ -503,7 +503,12 @@ impl Client {
         )
     }
 
-    pub fn request(&mut self, id: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    pub fn request(
+        &mut self,
+        id: &str,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
         send_json(
             &mut self.ws,
             &serde_json::json!({"type":"req","id":id,"method":method,"params":params}),
