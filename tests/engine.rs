@@ -425,14 +425,14 @@ until = { node = "check", field = "done", equals = true }
 
 // ---- 3. timer ----
 
-/// A `duration` timer parks the run in waiting-timer, then it finishes on its own; an `until` in
+/// A `duration` timer (1 s) parks the run in waiting-timer, then it finishes on its own; an `until` in
 /// the past finishes at once.
 #[test]
 fn timers_wait_then_finish() {
     let gateway = start(&[
         (
             "nap",
-            "[[nodes]]\nkind = \"timer\"\nid = \"nap\"\nduration = \"300ms\"\n[[nodes]]\nkind = \"task\"\nid = \"after\"\noutput = { ok = true }\n",
+            "[[nodes]]\nkind = \"timer\"\nid = \"nap\"\nduration = \"1s\"\n[[nodes]]\nkind = \"task\"\nid = \"after\"\noutput = { ok = true }\n",
         ),
         (
             "past",
@@ -539,17 +539,17 @@ output = { ok = true }
     );
 }
 
-/// A signal sent before its node waits is stored and consumed when the wait starts.
+/// A signal sent before its node waits is stored and consumed when the wait starts. An approval
+/// holds the run before the signal node, so the signal surely arrives first.
 #[test]
 fn early_signal_is_consumed_later() {
     let gateway = start(&[(
         "early",
         r#"
 [[nodes]]
-kind = "task"
-id = "work"
-output = { ok = true }
-delay_ms = 300
+kind = "approval"
+id = "hold"
+title = "Hold"
 [[nodes]]
 kind = "signal"
 id = "go"
@@ -561,15 +561,34 @@ output = { ok = true }
     )]);
     let (mut client, _) = Client::connect(gateway.addr);
     let run_id = launch(&mut client, "early", json!({}));
+    client.wait_event(&run_id, "approval.requested");
     let sent = call(
         &mut client,
         "submitSignal",
         json!({"runId": run_id, "signalName": "go", "data": {"early": true}}),
     );
     assert_eq!(sent["payload"]["seq"], 0, "{sent}");
-    // The signal arrived while `work` was still running.
-    assert_eq!(get_run(&mut client, &run_id)["status"], "running");
+    // Stored, not consumed: nothing waits for it yet.
+    let run = get_run(&mut client, &run_id);
+    assert_eq!(run["status"], "waiting-approval");
+    assert_eq!(run["summary"], json!({"waiting-approval": 1}));
+    let approved = call(
+        &mut client,
+        "submitApproval",
+        json!({"runId": run_id, "nodeId": "hold", "approved": true}),
+    );
+    assert_eq!(approved["ok"], true, "{approved}");
     let events = client.events_until_completed(&run_id);
+    assert_eq!(
+        node_events(&events),
+        vec![
+            ("node.finished".to_string(), "hold".to_string()),
+            ("node.finished".to_string(), "go".to_string()),
+            ("node.started".to_string(), "after".to_string()),
+            ("node.finished".to_string(), "after".to_string()),
+        ],
+        "{events:?}"
+    );
     assert_eq!(
         completed_payload(&events),
         json!({"runId": run_id, "status": "finished"})
@@ -578,6 +597,14 @@ output = { ok = true }
         outputs(&gateway.data_dir, &run_id, "go"),
         vec![(0, json!({"early": true}))]
     );
+    let consumed: (Option<String>, Option<i64>) = open_db(&gateway.data_dir)
+        .query_row(
+            "SELECT consumed_by_node, consumed_by_iteration FROM _smithers_signals WHERE run_id = ?1 AND seq = 0",
+            [&run_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(consumed, (Some("go".to_string()), Some(0)));
     assert_eq!(
         get_run(&mut client, &run_id)["summary"],
         json!({"finished": 3})
@@ -1077,12 +1104,12 @@ fn stop_keeping_data(mut gateway: Gateway) {
     std::mem::forget(gateway);
 }
 
-/// A run in waiting-timer keeps its wake time across a restart and finishes on time.
+/// A run in waiting-timer (2 s) keeps its wake time across a restart and finishes on time.
 #[test]
 fn timer_survives_restart() {
     let workflows = workflow_dir(&[(
         "nap",
-        "[[nodes]]\nkind = \"timer\"\nid = \"nap\"\nduration = \"1s\"\n[[nodes]]\nkind = \"task\"\nid = \"after\"\noutput = { ok = true }\n",
+        "[[nodes]]\nkind = \"timer\"\nid = \"nap\"\nduration = \"2s\"\n[[nodes]]\nkind = \"task\"\nid = \"after\"\noutput = { ok = true }\n",
     )]);
     let data = temp_dir("restart-timer");
     let first = Gateway::start_full(admin_config(), 1, &workflows, &data);
@@ -1097,11 +1124,10 @@ fn timer_survives_restart() {
 
     let second = Gateway::start_full(admin_config(), 1, &workflows, &data);
     let (mut client, _) = Client::connect(second.addr);
+    // Still waiting, with the wake time it had before the restart.
     let run = get_run(&mut client, &run_id);
-    assert!(
-        run["status"] == "waiting-timer" || run["status"] == "finished",
-        "{run}"
-    );
+    assert_eq!(run["status"], "waiting-timer", "{run}");
+    assert_eq!(run["runState"]["blocked"]["wakeAt"], wake_at);
     wait_status(&mut client, &run_id, "finished");
     let fired = outputs(&data, &run_id, "nap");
     assert_eq!(fired.len(), 1);
@@ -1124,9 +1150,10 @@ fn timer_survives_restart() {
 /// per its policy (retries = 1: finishes) or fails the run (no retries).
 #[test]
 fn interrupted_attempt_is_retried_after_restart() {
+    // Attempt 1 takes long enough to be in flight at the stop; later attempts answer at once.
     let task = |retries: u32| {
         format!(
-            "[[nodes]]\nkind = \"task\"\nid = \"t\"\nretries = {retries}\nrun = [\"sh\", \"-c\", \"sleep 2; echo '{{\\\"ok\\\":true}}'\"]\n"
+            "[[nodes]]\nkind = \"task\"\nid = \"t\"\nretries = {retries}\nrun = ['python3', '-c', 'import json,sys,time; d=json.load(sys.stdin); time.sleep(3 if d[\"attempt\"] == 1 else 0); print(json.dumps({{\"attempt\": d[\"attempt\"]}}))']\n"
         )
     };
     let (with_retry, without) = (task(1), task(0));
@@ -1154,7 +1181,7 @@ fn interrupted_attempt_is_retried_after_restart() {
     assert!(event_types(&data, &retried).contains(&"NodeRetrying".to_string()));
     assert_eq!(
         outputs(&data, &retried, "t"),
-        vec![(0, json!({"ok": true}))]
+        vec![(0, json!({"attempt": 2}))]
     );
 
     let run = wait_status(&mut client, &failed, "failed");
