@@ -991,7 +991,7 @@ fn non_json_stdout_fails() {
 
 // ---- 7. cancel ----
 
-/// Cancelling a run with a running command kills its whole process group, cancels the nodes and
+/// Cancelling a run with two running commands kills their process groups, cancels the nodes and
 /// broadcasts run.completed {cancelled} exactly once.
 #[test]
 fn cancel_kills_the_process_group() {
@@ -1000,7 +1000,7 @@ fn cancel_kills_the_process_group() {
         100_000 + u64::from(uuid::Uuid::new_v4().as_fields().1)
     );
     let workflow = format!(
-        "[[nodes]]\nkind = \"task\"\nid = \"sleepy\"\nrun = [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}; wait\"]\n[[nodes]]\nkind = \"task\"\nid = \"never\"\noutput = {{ ok = true }}\n"
+        "[[nodes]]\nkind = \"parallel\"\nid = \"p\"\n  [[nodes.children]]\n  kind = \"task\"\n  id = \"sleepy-a\"\n  run = [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}; wait\"]\n  [[nodes.children]]\n  kind = \"task\"\n  id = \"sleepy-b\"\n  run = [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}; wait\"]\n[[nodes]]\nkind = \"task\"\nid = \"never\"\noutput = {{ ok = true }}\n"
     );
     let gateway = start(&[("sleepy", &workflow)]);
     let (mut client, _) = Client::connect(gateway.addr);
@@ -1008,7 +1008,8 @@ fn cancel_kills_the_process_group() {
     let run_id = launch(&mut client, "sleepy", json!({}));
     client.wait_event(&run_id, "node.started");
     let deadline = Instant::now() + WAIT;
-    while pgrep(&marker).lines().count() < 2 {
+    // Two shells, each with a background and a foreground sleep.
+    while pgrep(&marker).lines().count() < 6 {
         assert!(Instant::now() < deadline, "the sleeps never started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1018,11 +1019,13 @@ fn cancel_kills_the_process_group() {
         json!({"runId": run_id, "won": true, "status": "cancelled", "terminalStatus": "cancelled", "repaired": false})
     );
     let events = client.events_until_completed(&run_id);
-    assert_eq!(
-        node_events(&events).last(),
-        Some(&("node.cancelled".to_string(), "sleepy".to_string())),
-        "{events:?}"
-    );
+    let mut cancelled_nodes: Vec<String> = node_events(&events)
+        .into_iter()
+        .filter(|(event, _)| event == "node.cancelled")
+        .map(|(_, node)| node)
+        .collect();
+    cancelled_nodes.sort();
+    assert_eq!(cancelled_nodes, vec!["sleepy-a", "sleepy-b"], "{events:?}");
     assert_eq!(
         completed_payload(&events),
         json!({"runId": run_id, "status": "cancelled"})
@@ -1036,11 +1039,13 @@ fn cancel_kills_the_process_group() {
     assert_eq!(pgrep(&marker), "", "survivors of the group kill");
     let run = get_run(&mut client, &run_id);
     assert_eq!(run["status"], "cancelled");
-    assert_eq!(run["summary"], json!({"cancelled": 1}));
-    assert_eq!(
-        attempts(&gateway.data_dir, &run_id, "sleepy"),
-        vec![(1, "cancelled".to_string(), Value::Null)]
-    );
+    assert_eq!(run["summary"], json!({"cancelled": 2}));
+    for node in ["sleepy-a", "sleepy-b"] {
+        assert_eq!(
+            attempts(&gateway.data_dir, &run_id, node),
+            vec![(1, "cancelled".to_string(), Value::Null)]
+        );
+    }
 
     // The observer saw everything of the run, with run.completed exactly once, over a bounded
     // window that extends past the second cancel.
@@ -1058,7 +1063,7 @@ fn cancel_kills_the_process_group() {
         seen.iter()
             .filter(|e| e["event"] == "node.cancelled")
             .count(),
-        1
+        2
     );
 }
 
