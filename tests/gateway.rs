@@ -25,3 +25,6 @@ mod auth;
 // Runs end to end: launch, events, approvals, signals, cancel, retries, timeouts, restart.
 #[path = "runs.rs"]
 mod runs;
+// Engine end to end: parallel, loops, timers, signals, approvals, tasks, cancel, restarts, crashes.
+#[path = "engine.rs"]
+mod engine;

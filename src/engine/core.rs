@@ -1163,6 +1163,22 @@ impl Engine {
                     };
                     self.attempt_failed(&key, "interrupted", now);
                 }
+                // A failed attempt of a node still in progress was waiting for its retry
+                // backoff; that timer lived only in memory, so set it again.
+                ("failed", Some("in-progress")) => {
+                    let due = attempt
+                        .finished_at_ms
+                        .unwrap_or(now)
+                        .saturating_add(self.retry_backoff_ms(attempt.attempt) as i64);
+                    self.set_timer(
+                        due,
+                        TimerKind::Retry,
+                        &run_id,
+                        &attempt.node_id,
+                        attempt.iteration,
+                        attempt.attempt,
+                    );
+                }
                 ("waiting-timer", Some("waiting-timer")) => {
                     let fires = attempt
                         .meta_json
@@ -1218,6 +1234,13 @@ impl Engine {
                 _ => {}
             }
         }
+    }
+
+    /// Exponential backoff before the attempt after `attempt` (1-based).
+    fn retry_backoff_ms(&self, attempt: i64) -> u64 {
+        self.options
+            .retry_backoff_base_ms
+            .saturating_mul(1 << (attempt - 1).clamp(0, 16))
     }
 
     fn node_kind(&self, run_id: &str, node_id: &str) -> Option<NodeKind> {
@@ -2287,10 +2310,7 @@ impl Engine {
             _ => 0,
         };
         if key.attempt <= retries {
-            let backoff = self
-                .options
-                .retry_backoff_base_ms
-                .saturating_mul(1 << (key.attempt - 1).clamp(0, 16));
+            let backoff = self.retry_backoff_ms(key.attempt);
             self.node_event(
                 &key.run_id,
                 &key.node_id,
@@ -2503,10 +2523,31 @@ impl Engine {
         run.row.heartbeat_at_ms = Some(now);
         self.turn.mutations.push(Mutation::PutRun(run.row.clone()));
         self.turn.touched.insert(run_id.to_string());
-        let payload = object(vec![
+        // EVENTS.md §2.2: children that failed without failing the run (continue_on_fail).
+        let mut failed_keys: Vec<(String, i64)> = run
+            .nodes
+            .values()
+            .filter(|node| node.state == "failed")
+            .map(|node| (node.node_id.clone(), node.iteration))
+            .collect();
+        failed_keys.sort();
+        let mut fields = vec![
             ("runId", Value::from(run_id)),
             ("status", Value::from("finished")),
-        ]);
+        ];
+        if !failed_keys.is_empty() {
+            fields.push(("failedChildren", Value::from(failed_keys.len() as u64)));
+            fields.push((
+                "failedChildKeys",
+                Value::Array(Box::new(
+                    failed_keys
+                        .iter()
+                        .map(|(id, iteration)| Value::from(format!("{id}::{iteration}")))
+                        .collect(),
+                )),
+            ));
+        }
+        let payload = object(fields);
         self.persist_event(
             run_id,
             "RunFinished",

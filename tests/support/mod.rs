@@ -65,6 +65,21 @@ impl Gateway {
         workflows_dir: &Path,
         data_dir: &Path,
     ) -> Gateway {
+        let engine = smithers_gateway::engine::core::EngineOptions {
+            retry_backoff_base_ms: 50,
+            ..Default::default()
+        };
+        Gateway::start_engine(gateway, workers, workflows_dir, data_dir, engine)
+    }
+
+    /// `start_full` with explicit engine options (e.g. a long retry backoff).
+    pub fn start_engine(
+        gateway: GatewayConfig,
+        workers: usize,
+        workflows_dir: &Path,
+        data_dir: &Path,
+        engine: smithers_gateway::engine::core::EngineOptions,
+    ) -> Gateway {
         gateway
             .validate()
             .unwrap_or_else(|e| panic!("invalid test config: {e}"));
@@ -81,10 +96,7 @@ impl Gateway {
         let options = smithers_gateway::gateway::StartOptions {
             workflows_dir: workflows_dir.to_path_buf(),
             authenticator: Authenticator::new(auth, None),
-            engine: smithers_gateway::engine::core::EngineOptions {
-                retry_backoff_base_ms: 50,
-                ..Default::default()
-            },
+            engine,
             synchronous_full: true,
         };
         let inner = smithers_gateway::gateway::start(config, options)
@@ -466,4 +478,95 @@ pub fn mint_jwt(header: &serde_json::Value, claims: &serde_json::Value, secret: 
 
 pub fn now_s() -> i64 {
     (smithers_gateway::clock::now_ms() / 1000) as i64
+}
+
+/// A connected socket that keeps events which arrive while it waits for a response.
+pub struct Client {
+    pub ws: Ws,
+    pub backlog: std::collections::VecDeque<serde_json::Value>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> (Client, serde_json::Value) {
+        Client::connect_as(addr, ADMIN_TOKEN)
+    }
+
+    /// Connects with `token`.
+    pub fn connect_as(addr: SocketAddr, token: &str) -> (Client, serde_json::Value) {
+        let (ws, hello) = ws_connect(addr, token);
+        (
+            Client {
+                ws,
+                backlog: Default::default(),
+            },
+            hello,
+        )
+    }
+
+    pub fn request(
+        &mut self,
+        id: &str,
+        method: &str,
+        params: serde_json::Value,
+    ) -> serde_json::Value {
+        send_json(
+            &mut self.ws,
+            &serde_json::json!({"type":"req","id":id,"method":method,"params":params}),
+        );
+        let (response, events) = recv_response(&mut self.ws, id);
+        self.backlog.extend(events);
+        response
+    }
+
+    pub fn next_event(&mut self) -> serde_json::Value {
+        loop {
+            let frame = match self.backlog.pop_front() {
+                Some(frame) => frame,
+                None => recv_json(&mut self.ws),
+            };
+            if frame["type"] == "event" {
+                return frame;
+            }
+        }
+    }
+
+    /// Events until `run.completed` for `run_id`, inclusive.
+    pub fn events_until_completed(&mut self, run_id: &str) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut events = Vec::new();
+        while Instant::now() < deadline {
+            let frame = self.next_event();
+            let done = frame["event"] == "run.completed" && frame["payload"]["runId"] == run_id;
+            if frame["payload"]["runId"] == run_id {
+                events.push(frame);
+            }
+            if done {
+                return events;
+            }
+        }
+        panic!("run {run_id} did not complete; events: {events:?}")
+    }
+
+    /// Events until one named `name` for `run_id`.
+    pub fn wait_event(&mut self, run_id: &str, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let frame = self.next_event();
+            if frame["event"] == name && frame["payload"]["runId"] == run_id {
+                return frame;
+            }
+        }
+        panic!("no {name} for {run_id}")
+    }
+
+    pub fn launch(&mut self, id: &str, params: serde_json::Value) -> serde_json::Value {
+        let response = self.request(id, "launchRun", params);
+        assert_eq!(response["ok"], true, "launch failed: {response}");
+        response["payload"].clone()
+    }
+}
+
+/// Writes `<dir>/<name>.toml`.
+pub fn write_workflow(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap_or_else(|e| panic!("{e}"));
 }
