@@ -1520,59 +1520,18 @@ impl Engine {
                             );
                         }
                         OnTimeout::Continue => {
-                            done.state = "finished".into();
-                            self.put_attempt(done);
-                            self.store_output(
-                                &timer.run_id,
-                                &timer.node_id,
-                                timer.iteration,
+                            self.complete_node(
+                                done,
                                 object(vec![("timedOut", Value::from(true))]),
                                 now,
-                            );
-                            self.set_node_state(
-                                &timer.run_id,
-                                &timer.node_id,
-                                timer.iteration,
-                                "finished",
-                                None,
-                            );
-                            self.node_event(
-                                &timer.run_id,
-                                &timer.node_id,
-                                "NodeFinished",
-                                "node.finished",
-                                vec![("state", Value::from("finished"))],
                             );
                         }
                     }
                 }
             }
             TimerKind::TimerWake if attempt.state == "waiting-timer" => {
-                let mut done = attempt.clone();
-                done.state = "finished".into();
-                done.finished_at_ms = Some(now);
-                self.put_attempt(done);
-                self.store_output(
-                    &timer.run_id,
-                    &timer.node_id,
-                    timer.iteration,
-                    object(vec![("firedAtMs", Value::from(now))]),
-                    now,
-                );
-                self.set_node_state(
-                    &timer.run_id,
-                    &timer.node_id,
-                    timer.iteration,
-                    "finished",
-                    None,
-                );
-                self.node_event(
-                    &timer.run_id,
-                    &timer.node_id,
-                    "NodeFinished",
-                    "node.finished",
-                    vec![("state", Value::from("finished"))],
-                );
+                let done = attempt.clone();
+                self.complete_node(done, object(vec![("firedAtMs", Value::from(now))]), now);
             }
             _ => {}
         }
@@ -2264,15 +2223,26 @@ impl Engine {
         else {
             return;
         };
+        attempt.exit_code = exit_code.map(i64::from);
+        self.complete_node(attempt, output, now);
+    }
+
+    /// Finishes a node: its attempt `finished`, its output stored, the node `finished`, and
+    /// `node.finished` broadcast.
+    fn complete_node(&mut self, mut attempt: AttemptRow, output: Value, now: i64) {
+        let (run_id, node_id, iteration) = (
+            attempt.run_id.clone(),
+            attempt.node_id.clone(),
+            attempt.iteration,
+        );
         attempt.state = "finished".into();
         attempt.finished_at_ms = Some(now);
-        attempt.exit_code = exit_code.map(i64::from);
         self.put_attempt(attempt);
-        self.store_output(&key.run_id, &key.node_id, key.iteration, output, now);
-        self.set_node_state(&key.run_id, &key.node_id, key.iteration, "finished", None);
+        self.store_output(&run_id, &node_id, iteration, output, now);
+        self.set_node_state(&run_id, &node_id, iteration, "finished", None);
         self.node_event(
-            &key.run_id,
-            &key.node_id,
+            &run_id,
+            &node_id,
             "NodeFinished",
             "node.finished",
             vec![("state", Value::from("finished"))],
@@ -2399,17 +2369,7 @@ impl Engine {
             _ => OnDeny::Fail,
         };
         if approved || on_deny == OnDeny::Continue {
-            attempt.state = "finished".into();
-            self.put_attempt(attempt);
-            self.store_output(run_id, &node_id, iteration, output, now);
-            self.set_node_state(run_id, &node_id, iteration, "finished", None);
-            self.node_event(
-                run_id,
-                &node_id,
-                "NodeFinished",
-                "node.finished",
-                vec![("state", Value::from("finished"))],
-            );
+            self.complete_node(attempt, output, now);
         } else if on_deny == OnDeny::Skip {
             attempt.state = "cancelled".into();
             self.put_attempt(attempt);
@@ -2483,7 +2443,7 @@ impl Engine {
                 matches.push((node_id.clone(), *iteration, signal.clone(), attempt.clone()));
             }
         }
-        for (node_id, iteration, signal, mut attempt) in matches {
+        for (node_id, iteration, signal, attempt) in matches {
             if let Some(run) = self.runs.get_mut(run_id) {
                 run.signals.retain(|s| s.seq != signal.seq);
             }
@@ -2493,24 +2453,7 @@ impl Engine {
                 node_id: node_id.clone(),
                 iteration,
             });
-            attempt.state = "finished".into();
-            attempt.finished_at_ms = Some(now);
-            self.put_attempt(attempt);
-            self.store_output(
-                run_id,
-                &node_id,
-                iteration,
-                parse_json(&signal.payload_json),
-                now,
-            );
-            self.set_node_state(run_id, &node_id, iteration, "finished", None);
-            self.node_event(
-                run_id,
-                &node_id,
-                "NodeFinished",
-                "node.finished",
-                vec![("state", Value::from("finished"))],
-            );
+            self.complete_node(attempt, parse_json(&signal.payload_json), now);
         }
     }
 
