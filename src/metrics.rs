@@ -93,6 +93,24 @@ pub fn render(state: &GatewayState) -> String {
         counters.outbound_overflow_closes.load(Ordering::Relaxed),
     );
     series(
+        "smithers_gateway_events_published_total",
+        "counter",
+        "Domain events broadcast by the engine through the hub.",
+        state.hub.published(),
+    );
+    series(
+        "smithers_gateway_event_serializations_total",
+        "counter",
+        "Event bodies serialized by the hub (one per broadcast, whatever the recipients).",
+        state.hub.serializations(),
+    );
+    series(
+        "smithers_gateway_workflows_loaded",
+        "gauge",
+        "Workflows in the registry.",
+        state.registry.workflows.len() as u64,
+    );
+    series(
         "smithers_gateway_state_version",
         "gauge",
         "Global broadcast counter.",

@@ -49,6 +49,22 @@ fn hello_runs_to_completion() {
         .unwrap_or_default();
     assert_eq!(config["auth"]["role"], "admin");
     assert_eq!(config["gatewayWorkflowKey"], "hello");
+    // /metrics reports the broadcasts and that each was serialized once.
+    let metrics = http_once(gateway.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").text();
+    let value_of = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    let published = value_of("smithers_gateway_events_published_total");
+    assert_eq!(published, 3, "node.started, node.finished, run.completed");
+    assert_eq!(
+        value_of("smithers_gateway_event_serializations_total"),
+        published
+    );
+    assert_eq!(value_of("smithers_gateway_workflows_loaded"), 6);
 }
 
 /// `approve` waits for a human: the run sits in waiting-approval with a pending approval that
