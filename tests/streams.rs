@@ -280,3 +280,102 @@ fn stream_validation_and_connection_cap() {
     let (mut other, _) = Client::connect(gateway.addr);
     open_stream(&mut other, "s", json!({"runId": run_id}));
 }
+
+/// EVENTS.md §3.5: a stream whose socket stops reading while its run emits thousands of frames is
+/// torn down with `run.error` `BackpressureDisconnect`; the socket stays open and, with the stream
+/// gone, gets the run's raw events again.
+#[test]
+fn slow_stream_consumer_gets_backpressure_disconnect() {
+    let workflows = temp_dir("stream-noisy");
+    write_workflow(
+        &workflows,
+        "noisy",
+        r#"
+[[nodes]]
+kind = "task"
+id = "noise"
+run = ["sh", "-c", "sleep 0.2; seq 1 2500 >&2; echo '{\"ok\":true}'"]
+"#,
+    );
+    let config = smithers_gateway::config::GatewayConfig {
+        auth: Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))])),
+        socket_send_buffer_bytes: 4096,
+        ..Default::default()
+    };
+    let gateway = Gateway::start_full(config, 1, &workflows, &temp_dir("data"));
+    // A tiny receive buffer on our side, so the kernel holds little on our behalf.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .set_recv_buffer_size(4096)
+        .unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .connect(&gateway.addr.into())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut ws, _) = tungstenite::client::client(gateway.ws_url(), stream)
+        .unwrap_or_else(|e| panic!("upgrade failed: {e}"));
+    let connected = request(&mut ws, "c", "connect", connect_params(Some(ADMIN_TOKEN)));
+    assert_eq!(connected["ok"], true, "{connected}");
+    let mut slow = Client {
+        ws,
+        backlog: Default::default(),
+    };
+    let run_id = run_id_of(&slow.launch("l1", json!({"workflow": "noisy"})));
+    let opened = open_stream(&mut slow, "s1", json!({"runId": run_id}));
+    let stream_id = opened["streamId"].as_str().unwrap_or_default().to_string();
+
+    // Stop reading until the run has finished (every frame has been published).
+    let (mut control, _) = Client::connect(gateway.addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = control.request("g", "getRun", json!({"runId": run_id}));
+        if run["payload"]["status"] == "finished" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "run did not finish: {run}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut error = None;
+    let mut after_error = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no raw run.completed after the stream ended"
+        );
+        let event = slow.next_event();
+        let payload = &event["payload"];
+        match event["event"].as_str().unwrap_or_default() {
+            "run.error" => {
+                assert!(error.is_none(), "second run.error: {event}");
+                error = Some(payload.clone());
+            }
+            "run.event" if error.is_some() && payload["streamId"] == stream_id => after_error += 1,
+            "run.completed" if payload["runId"] == run_id => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        error,
+        Some(json!({
+            "streamId": stream_id,
+            "runId": run_id,
+            "error": {
+                "version": "v1",
+                "code": "BackpressureDisconnect",
+                "message": "Run event stream outbound queue exceeded 1000 frames; disconnecting slow consumer."
+            }
+        }))
+    );
+    assert_eq!(after_error, 0, "frames after the stream was torn down");
+    // The socket stays open and the stream's cap slot is released.
+    let health = slow.request("h", "health", json!({}));
+    assert_eq!(health["ok"], true, "{health}");
+    open_stream(&mut slow, "s2", json!({"runId": run_id}));
+    let _ = std::fs::remove_dir_all(&workflows);
+}

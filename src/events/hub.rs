@@ -392,4 +392,66 @@ mod tests {
             assert!(Arc::ptr_eq(&batch[0].body, &batches[0][0].body));
         }
     }
+
+    fn event(run_id: &str, extra: Vec<(&str, Value)>) -> Value {
+        let mut pairs = vec![("runId", Value::from(run_id))];
+        pairs.extend(extra);
+        crate::rpc::frame::object(pairs)
+    }
+
+    #[test]
+    fn windows_number_trim_and_capture() {
+        let hub = Hub::new(1, 2);
+        hub.publish(vec![
+            ("node.started".into(), event("r1", vec![])),
+            ("node.finished".into(), event("r1", vec![])),
+            ("tick.like".into(), crate::rpc::frame::object(vec![])),
+            ("node.started".into(), event("r1", vec![])),
+        ]);
+        let capture = hub.open_stream("r1", None, 0, Some(0));
+        let Ok(capture) = capture else {
+            panic!("refused: {capture:?}")
+        };
+        assert_eq!(capture.current_seq, 3);
+        let seqs: Vec<u64> = capture.frames.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, vec![2, 3], "trimmed to the window size");
+        let fields = String::from_utf8_lossy(&capture.frames[1].fields).to_string();
+        assert_eq!(
+            fields,
+            r#""apiVersion":"v1","type":"RunEvent","runId":"r1","event":"node.started","payload":{"runId":"r1"},"seq":3,"stateVersion":4}"#
+        );
+        assert_eq!(
+            hub.open_stream("r1", None, 0, Some(4)).err(),
+            Some(StreamRefusal::SeqOutOfRange {
+                after_seq: 4,
+                current_seq: 3
+            })
+        );
+        assert_eq!(
+            hub.open_stream("r1", None, STREAMS_CONNECTION_MAX, None)
+                .err(),
+            Some(StreamRefusal::Cap {
+                scope: "connection",
+                limit: STREAMS_CONNECTION_MAX
+            })
+        );
+        // Without afterSeq nothing is captured for replay.
+        assert!(hub
+            .open_stream("r1", None, 0, None)
+            .is_ok_and(|c| c.frames.is_empty()));
+    }
+
+    #[test]
+    fn terminal_window_goes_with_its_last_stream() {
+        let hub = Hub::new(1, 10);
+        hub.publish(vec![("node.started".into(), event("r2", vec![]))]);
+        assert!(hub.open_stream("r2", Some("u"), 0, None).is_ok());
+        hub.publish(vec![(
+            "run.completed".into(),
+            event("r2", vec![("status", Value::from("finished"))]),
+        )]);
+        assert!(hub.has_window("r2"), "kept while a stream is open");
+        hub.close_stream("r2", Some("u"));
+        assert!(!hub.has_window("r2"), "deleted when the last stream ends");
+    }
 }
