@@ -263,7 +263,7 @@ impl Session {
             }
         }
         for (key, id) in sends {
-            self.send_run_frame(key, &id, frame, frame.state_version);
+            self.send_run_frame(key, &id, frame, frame.state_version, true);
         }
         for key in overflowed {
             self.fail_stream(key, "BackpressureDisconnect", BACKPRESSURE_MESSAGE);
@@ -271,7 +271,15 @@ impl Session {
     }
 
     /// `run.event` `{streamId, …frame}`: the frame's shared bytes with this stream's id in front.
-    fn send_run_frame(&self, key: u64, stream_id: &str, frame: &RunFrame, state_version: u64) {
+    /// `counted` frames are tagged and count toward the stream's live queue (EVENTS.md §3.5).
+    fn send_run_frame(
+        &self,
+        key: u64,
+        stream_id: &str,
+        frame: &RunFrame,
+        state_version: u64,
+        counted: bool,
+    ) {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
         let mut bytes = Vec::with_capacity(96 + stream_id.len() + frame.fields.len());
@@ -286,6 +294,9 @@ impl Session {
             .counters
             .events_sent
             .fetch_add(1, Ordering::Relaxed);
+        if !counted {
+            return self.enqueue_text(&bytes);
+        }
         self.enqueue_tagged(OpCode::Text, &bytes, Some(key));
         if let Some(stream) = self.streams.borrow_mut().iter_mut().find(|s| s.key == key) {
             stream.queued += 1;
@@ -531,9 +542,8 @@ impl Session {
         // not counted against the stream's live queue.
         let current_version = state.state_version();
         for frame in &capture.frames {
-            self.send_run_frame(key, &stream_id, frame, current_version);
+            self.send_run_frame(key, &stream_id, frame, current_version, false);
         }
-        self.release_stream_frames(&vec![key; capture.frames.len()]);
         // §3.3 step 3: live frames that arrived during the replay, in order.
         let pending = self
             .streams
@@ -547,7 +557,7 @@ impl Session {
             })
             .unwrap_or_default();
         for frame in pending {
-            self.send_run_frame(key, &stream_id, &frame, frame.state_version);
+            self.send_run_frame(key, &stream_id, &frame, frame.state_version, true);
         }
     }
 
