@@ -136,7 +136,7 @@ impl Engine {
         options.synchronous_full = full;
         let (storage, storage_thread) =
             storage::open(options).unwrap_or_else(|e| panic!("storage: {e}"));
-        let hub = Hub::new(1);
+        let hub = Hub::new(1, 10_000);
         let completed = Arc::new(AtomicU64::new(0));
         let drainer = spawn_drainer(&hub, completed.clone());
         let (engine, engine_thread) = engine::start(

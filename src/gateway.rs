@@ -55,7 +55,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartErro
     storage_options.synchronous_full = options.synchronous_full;
     let (storage, storage_thread) = storage::open(storage_options)?;
     let workers = config.workers.max(1);
-    let hub = Hub::new(workers);
+    let hub = Hub::new(workers, config.gateway.event_window_size);
     let (engine, engine_thread) = engine::start(
         storage.clone(),
         registry.clone(),

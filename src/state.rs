@@ -95,7 +95,7 @@ impl Services {
     /// No storage and no engine: only the transport (the Autobahn echo harness).
     pub fn transport_only(n_workers: usize) -> Services {
         Services {
-            hub: Hub::new(n_workers),
+            hub: Hub::new(n_workers, 1),
             registry: Arc::new(Registry::default()),
             storage: None,
             engine: None,

@@ -28,3 +28,6 @@ mod runs;
 // Engine end to end: parallel, loops, timers, signals, approvals, tasks, cancel, restarts, crashes.
 #[path = "engine.rs"]
 mod engine;
+// Run event streams: ordered frames, replay, gap resync, heartbeats, validation and caps.
+#[path = "streams.rs"]
+mod streams;

@@ -403,6 +403,18 @@ pub fn run_value(row: &RunRow) -> Value {
     object(fields)
 }
 
+/// Whether storage holds the run (`streamRunEvents` step 4 for runs without a window).
+pub async fn run_exists(context: &CallContext<'_>, run_id: &str) -> Result<bool, RpcError> {
+    Ok(storage(context)?
+        .call(|reply| Command::GetRun {
+            run_id: run_id.to_string(),
+            reply,
+        })
+        .await
+        .map_err(|e| storage_rpc_error(&e))?
+        .is_some())
+}
+
 pub async fn get_run(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let run_id = run_id_param(params)?;
     let storage = storage(context)?;
