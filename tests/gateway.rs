@@ -31,3 +31,6 @@ mod engine;
 // Run event streams: ordered frames, replay, gap resync, heartbeats, validation and caps.
 #[path = "streams.rs"]
 mod streams;
+// Fan-out: one serialization per event, identical bodies for every subscriber.
+#[path = "fanout.rs"]
+mod fanout;
