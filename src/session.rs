@@ -2,20 +2,12 @@
 //! address bar into an HttpOnly cookie and redirects to a same-origin path.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use crate::auth::{AuthError, HeaderLookup};
+use crate::auth::AuthError;
 use crate::http::request::RequestHead;
 use crate::http::response::{Response, CONTENT_TYPE_HTML};
 use crate::http::router::query_param;
 use crate::rpc::frame::encode_response_error;
 use crate::state::GatewayState;
-
-struct Headers<'a>(&'a RequestHead);
-
-impl HeaderLookup for Headers<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.header_str(name)
-    }
-}
 
 /// `next` reduced to a same-origin path, else `/`.
 pub fn safe_next(next: Option<&str>) -> String {
@@ -88,14 +80,13 @@ pub fn hand_off(state: &GatewayState, head: &RequestHead) -> Response {
         return Response::new(200, CONTENT_TYPE_HTML, page(&next));
     }
     let query_token = query_param(query, "token");
-    let headers = Headers(head);
     if let Err(error) =
-        authenticator.authenticate(&headers, query_token.as_deref(), crate::clock::now_ms())
+        authenticator.authenticate(head, query_token.as_deref(), crate::clock::now_ms())
     {
         return failure(&error);
     }
     let response = Response::new(200, CONTENT_TYPE_HTML, page(&next));
-    let token = query_token.or_else(|| authenticator.presented_token(&headers));
+    let token = query_token.or_else(|| authenticator.presented_token(head));
     match token {
         Some(token) if authenticator.uses_tokens() => {
             let secure = head

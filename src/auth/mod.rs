@@ -58,6 +58,13 @@ impl HeaderLookup for [(String, String)] {
     }
 }
 
+/// A parsed HTTP head, for the gates and credential lookup of HTTP requests and upgrades.
+impl HeaderLookup for crate::http::request::RequestHead {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.header_str(name)
+    }
+}
+
 impl HeaderLookup for Vec<(String, String)> {
     fn header(&self, name: &str) -> Option<&str> {
         self.as_slice().header(name)

@@ -79,7 +79,9 @@ pub async fn dispatch(
         "listRuns" | "runs.list" => methods::list_runs(context, params).await,
         "cancelRun" | "runs.cancel" => methods::cancel_run(context, params).await,
         "resumeRun" => methods::resume_run(context, params).await,
-        "listWorkflows" | "workflows.list" => methods::list_workflows(context, params),
+        "listWorkflows" | "workflows.list" => {
+            Ok(methods::list_workflows(&context.state.registry, params))
+        }
         "listApprovals" | "approvals.list" => methods::list_approvals(context, params).await,
         "submitApproval" | "approvals.decide" => methods::submit_approval(context, params).await,
         "submitSignal" | "signals.send" => methods::submit_signal(context, params).await,

@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 pub const LAUNCH_INPUT_BYTES_MAX: usize = 1_048_576;
 /// Deepest launch input (objects and arrays count; the top object is 1).
 pub const LAUNCH_INPUT_DEPTH_MAX: usize = 32;
+/// Runs in the hello snapshot at most (PROTOCOL.md §6.3).
+pub const SNAPSHOT_RUNS_MAX: usize = 1_000;
 /// Rows scanned by `listRuns` when it filters by workflow or visibility after storage.
 pub const LIST_RUNS_SCAN_MAX: usize = 10_000;
 
@@ -628,7 +630,7 @@ pub async fn list_runs(context: &CallContext<'_>, params: &Value) -> Result<Valu
 }
 
 /// `listWorkflows`: registry rows sorted by key.
-pub fn list_workflows(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
+pub fn list_workflows(registry: &crate::engine::workflow::Registry, params: &Value) -> Value {
     let read = |name: &str| {
         params
             .get(name)
@@ -637,9 +639,7 @@ pub fn list_workflows(context: &CallContext<'_>, params: &Value) -> Result<Value
     };
     let has_ui = read("hasUi");
     let include_system = read("includeSystem") == Some(true);
-    let rows = context
-        .state
-        .registry
+    let rows = registry
         .workflows
         .values()
         .filter(|workflow| include_system || !workflow.system)
@@ -665,7 +665,7 @@ pub fn list_workflows(context: &CallContext<'_>, params: &Value) -> Result<Value
             object(fields)
         })
         .collect();
-    Ok(Value::Array(Box::new(rows)))
+    Value::Array(Box::new(rows))
 }
 
 fn approval_value(approval: &ApprovalRow, workflow_key: &str) -> Value {
@@ -797,30 +797,31 @@ pub async fn list_approvals(context: &CallContext<'_>, params: &Value) -> Result
 /// The hello snapshot's runs: up to 1,000 newest non-system runs that are running, waiting or
 /// paused (PROTOCOL.md §6.3).
 pub async fn snapshot_runs(storage: &StorageHandle) -> Result<Vec<Value>, RpcError> {
-    let filter = RunFilter {
-        status: None,
-        parent_run_id: None,
-        limit: LIST_RUNS_SCAN_MAX,
-        offset: 0,
-    };
-    let rows = storage
-        .call(|reply| Command::ListRuns { filter, reply })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
-    Ok(rows
-        .iter()
-        .filter(|row| {
-            [
-                "running",
-                "waiting-approval",
-                "waiting-event",
-                "waiting-timer",
-                "paused",
-            ]
-            .contains(&row.status.as_str())
-        })
-        .filter(|row| !system_of(row))
-        .take(1_000)
-        .map(run_value)
-        .collect())
+    let mut rows = Vec::new();
+    // One bounded query per active status: the cost follows the active runs, not the history.
+    for status in [
+        "running",
+        "waiting-approval",
+        "waiting-event",
+        "waiting-timer",
+        "paused",
+    ] {
+        let filter = RunFilter {
+            status: Some(status.to_string()),
+            parent_run_id: None,
+            limit: SNAPSHOT_RUNS_MAX,
+            offset: 0,
+        };
+        let found = storage
+            .call(|reply| Command::ListRuns { filter, reply })
+            .await
+            .map_err(|e| storage_rpc_error(&e))?;
+        rows.extend(found.into_iter().filter(|row| !system_of(row)));
+    }
+    rows.sort_by(|a, b| {
+        b.created_at_ms
+            .cmp(&a.created_at_ms)
+            .then_with(|| a.run_id.cmp(&b.run_id))
+    });
+    Ok(rows.iter().take(SNAPSHOT_RUNS_MAX).map(run_value).collect())
 }

@@ -7,7 +7,7 @@
 use super::worker::{ConnControl, WorkerContext};
 use super::ws_session;
 use super::Service;
-use crate::auth::{AuthError, HeaderLookup, REFRESH_HINT};
+use crate::auth::{AuthError, REFRESH_HINT};
 use crate::error::{ErrorCode, RpcError};
 use crate::http::request::{
     parse_head, BodyFraming, ChunkedDecoder, HeadLimits, Method, RequestHead,
@@ -29,15 +29,6 @@ use std::time::{Duration, Instant};
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
-
-/// Header access over a parsed head, for the authenticator.
-pub struct HeadHeaders<'a>(pub &'a RequestHead);
-
-impl HeaderLookup for HeadHeaders<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.header_str(name)
-    }
-}
 
 pub enum ReadOutcome {
     Data,
@@ -326,7 +317,7 @@ fn oversized_body(state: &GatewayState, head: &RequestHead, routed: &Route) -> R
             let id = request_id(head);
             match state
                 .authenticator
-                .authenticate(&HeadHeaders(head), None, crate::clock::now_ms())
+                .authenticate(head, None, crate::clock::now_ms())
             {
                 Err(error) => rpc_error_response(&id, &auth_rpc_error(&error)),
                 Ok(_) => rpc_error_response(&id, &too_large),
@@ -354,21 +345,10 @@ async fn handle(
             crate::metrics::render(state).into_bytes(),
         ),
         Route::Workflows => {
-            let principal = crate::auth::Principal {
-                role: "operator".into(),
-                scopes: vec![],
-                user_id: None,
-                token_id: None,
-            };
-            let context = CallContext {
-                state,
-                principal: &principal,
-                transport: Transport::Http,
-                subscriber: None,
-            };
-            let rows =
-                crate::rpc::methods::list_workflows(&context, &Value::Object(Box::default()))
-                    .unwrap_or_else(|_| Value::Array(Box::default()));
+            let rows = crate::rpc::methods::list_workflows(
+                &state.registry,
+                &Value::Object(Box::default()),
+            );
             let mut bytes = Vec::new();
             frame::write_value(&mut bytes, &frame::object(vec![("workflows", rows)]));
             Response::json(200, bytes)
@@ -386,7 +366,7 @@ async fn handle(
         Route::ApiStream | Route::Api => {
             match state
                 .authenticator
-                .authenticate(&HeadHeaders(head), None, crate::clock::now_ms())
+                .authenticate(head, None, crate::clock::now_ms())
             {
                 Err(error) => envelope_error(&auth_rpc_error(&error)),
                 Ok(_) => envelope_error(&route_not_found()),
@@ -416,22 +396,21 @@ async fn http_rpc(
     body: Vec<u8>,
 ) -> Response {
     let id = request_id(head);
-    let principal =
-        match state
-            .authenticator
-            .authenticate(&HeadHeaders(head), None, crate::clock::now_ms())
-        {
-            Ok(principal) => principal,
-            Err(error) => {
-                state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    code = "UNAUTHORIZED",
-                    reason = error.message,
-                    "HTTP RPC refused"
-                );
-                return rpc_error_response(&id, &auth_rpc_error(&error));
-            }
-        };
+    let principal = match state
+        .authenticator
+        .authenticate(head, None, crate::clock::now_ms())
+    {
+        Ok(principal) => principal,
+        Err(error) => {
+            state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                code = "UNAUTHORIZED",
+                reason = error.message,
+                "HTTP RPC refused"
+            );
+            return rpc_error_response(&id, &auth_rpc_error(&error));
+        }
+    };
     let request = match frame::parse_http_request(body, route, &id) {
         Ok(request) => request,
         Err(failure) => return rpc_error_response(&failure.id, &failure.error),
@@ -493,11 +472,7 @@ async fn upgrade(
             let _ = write_all(&mut stream, bytes, write_timeout).await;
             return;
         };
-        if state
-            .authenticator
-            .check_gates(&HeadHeaders(&head), None)
-            .is_err()
-        {
+        if state.authenticator.check_gates(&head, None).is_err() {
             let bytes = refuse(403, "Origin or host is not allowed\n");
             let _ = write_all(&mut stream, bytes, write_timeout).await;
             return;
