@@ -271,7 +271,7 @@ pub fn assign_ids(tree: &Value) -> Vec<(String, u32)> {
         for (index, child) in children.enumerate() {
             if parent_depth + 1 > DEVTOOLS_DEPTH_MAX {
                 assign_id(
-                    format!("{parent_path}/__maxdepth__{index}"),
+                    max_depth_marker_path(&parent_path, index),
                     &mut used,
                     &mut assigned,
                 );
@@ -279,11 +279,7 @@ pub fn assign_ids(tree: &Value) -> Vec<(String, u32)> {
             }
             let child_fragment = fragment(child);
             let count = fragment_counts.entry(child_fragment.clone()).or_insert(0);
-            let child_path = if *count == 0 {
-                format!("{parent_path}/{child_fragment}")
-            } else {
-                format!("{parent_path}/{child_fragment}[{count}]")
-            };
+            let child_path = child_path(&parent_path, &child_fragment, *count);
             *count += 1;
             assign_id(child_path.clone(), &mut used, &mut assigned);
             expanded.push((child, child_path, parent_depth + 1));
@@ -293,12 +289,30 @@ pub fn assign_ids(tree: &Value) -> Vec<(String, u32)> {
     assigned
 }
 
-fn is_element(value: &Value) -> bool {
+/// Whether a tree value is an element (`{kind:"element", …}`); other children are ignored.
+pub fn is_element(value: &Value) -> bool {
     value.get("kind").and_then(|kind| kind.as_str()) == Some("element")
 }
 
+/// > Path of a child = `parentPath + "/" + fragment`, with `"[" + k + "]"` appended when it is
+/// > the k-th (k ≥ 1) earlier sibling with the same fragment.
+///
+/// `earlier_same` is how many earlier siblings have the same fragment.
+pub fn child_path(parent_path: &str, fragment: &str, earlier_same: usize) -> String {
+    if earlier_same == 0 {
+        format!("{parent_path}/{fragment}")
+    } else {
+        format!("{parent_path}/{fragment}[{earlier_same}]")
+    }
+}
+
+/// > Depth-cap markers use path `parentPath + "/__maxdepth__" + index`.
+pub fn max_depth_marker_path(parent_path: &str, index: usize) -> String {
+    format!("{parent_path}/__maxdepth__{index}")
+}
+
 /// `tag#id` when the element has a non-empty string `id` (or `nodeId`) prop, else `tag`.
-fn fragment(element: &Value) -> String {
+pub fn fragment(element: &Value) -> String {
     let tag = element
         .get("tag")
         .and_then(|tag| tag.as_str())

@@ -8,8 +8,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::{
-    ApprovalRow, AttemptRow, EventRow, FrameRow, Mutation, NodeRow, OutputRow, Pragmas, RunFilter,
-    RunRow, RunState, SignalRow, StorageError, StorageResult, WriteOutcome,
+    ApprovalRow, AttemptRow, EventRow, FrameRow, Mutation, NodeRecords, NodeRow, OutputRow,
+    Pragmas, RunFilter, RunRow, RunState, SignalRow, StorageError, StorageResult, WriteOutcome,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
@@ -834,6 +834,127 @@ pub fn get_frame(
         })
         .optional()
         .map_err(map_error)
+}
+
+// ---- DevTools reads ----
+
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        run_id: row.get(0)?,
+        node_id: row.get(1)?,
+        iteration: row.get(2)?,
+        attempt: row.get(3)?,
+        state: row.get(4)?,
+        started_at_ms: row.get(5)?,
+        finished_at_ms: row.get(6)?,
+        heartbeat_at_ms: row.get(7)?,
+        heartbeat_data_json: row.get(8)?,
+        error_json: row.get(9)?,
+        meta_json: row.get(10)?,
+        exit_code: row.get(11)?,
+    })
+}
+
+/// The run's newest frame number (0 without frames); None when the run does not exist.
+pub fn latest_frame(conn: &Connection, run_id: &str) -> StorageResult<Option<i64>> {
+    if !run_exists(conn, run_id)? {
+        return Ok(None);
+    }
+    let mut statement = conn
+        .prepare_cached("SELECT coalesce(max(frame_no), 0) FROM _smithers_frames WHERE run_id = ?1")
+        .map_err(map_error)?;
+    statement
+        .query_row([run_id], |row| row.get(0))
+        .map(Some)
+        .map_err(map_error)
+}
+
+/// A frame and the attempts a DevTools snapshot of it reads (those with metadata that started no
+/// later than the frame); None when the frame does not exist.
+pub fn get_frame_source(
+    conn: &Connection,
+    run_id: &str,
+    frame_no: i64,
+) -> StorageResult<Option<(FrameRow, Vec<AttemptRow>)>> {
+    let Some(frame) = get_frame(conn, run_id, frame_no)? else {
+        return Ok(None);
+    };
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, attempt, state, started_at_ms, finished_at_ms, \
+                 heartbeat_at_ms, heartbeat_data_json, error_json, meta_json, exit_code \
+             FROM _smithers_attempts \
+             WHERE run_id = ?1 AND meta_json IS NOT NULL AND started_at_ms <= ?2 \
+             ORDER BY started_at_ms, attempt, node_id, iteration",
+        )
+        .map_err(map_error)?;
+    let attempts = statement
+        .query_map(params![run_id, frame.created_at_ms], attempt_from_row)
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    Ok(Some((frame, attempts)))
+}
+
+/// The run and one node's rows, every iteration.
+pub fn load_node_records(
+    conn: &Connection,
+    run_id: &str,
+    node_id: &str,
+) -> StorageResult<NodeRecords> {
+    let Some(run) = get_run(conn, run_id)? else {
+        return Ok(NodeRecords::default());
+    };
+    let mut nodes = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, state, last_attempt, updated_at_ms, output_table, \
+                 label \
+             FROM _smithers_nodes WHERE run_id = ?1 AND node_id = ?2 ORDER BY iteration",
+        )
+        .map_err(map_error)?;
+    let nodes = nodes
+        .query_map(params![run_id, node_id], node_from_row)
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    let mut attempts = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, attempt, state, started_at_ms, finished_at_ms, \
+                 heartbeat_at_ms, heartbeat_data_json, error_json, meta_json, exit_code \
+             FROM _smithers_attempts WHERE run_id = ?1 AND node_id = ?2 \
+             ORDER BY iteration, attempt",
+        )
+        .map_err(map_error)?;
+    let attempts = attempts
+        .query_map(params![run_id, node_id], attempt_from_row)
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    let mut outputs = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, payload_json, created_at_ms \
+             FROM _smithers_outputs WHERE run_id = ?1 AND node_id = ?2 ORDER BY iteration",
+        )
+        .map_err(map_error)?;
+    let outputs = outputs
+        .query_map(params![run_id, node_id], |row| {
+            Ok(OutputRow {
+                run_id: row.get(0)?,
+                node_id: row.get(1)?,
+                iteration: row.get(2)?,
+                payload_json: row.get(3)?,
+                created_at_ms: row.get(4)?,
+            })
+        })
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    Ok(NodeRecords {
+        run: Some(run),
+        nodes,
+        attempts,
+        outputs,
+    })
 }
 
 /// The PRAGMAs the store depends on, as SQLite reports them now. `schema_version` is our
