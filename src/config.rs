@@ -176,6 +176,9 @@ pub struct GatewayConfig {
     /// Kernel send buffer per socket (SO_SNDBUF), so slow readers show in our queue.
     #[serde(rename = "socketSendBufferBytes")]
     pub socket_send_buffer_bytes: usize,
+    /// Requests one WebSocket may have in flight; past it the socket is not read until one ends.
+    #[serde(rename = "maxRequestsInFlight")]
+    pub requests_in_flight_max: usize,
     /// How long shutdown waits for in-flight requests before closing everything.
     #[serde(rename = "shutdownGraceMs")]
     pub shutdown_grace_ms: u64,
@@ -210,6 +213,7 @@ impl Default for GatewayConfig {
             request_line_bytes_max: 8 * 1024,
             outbound_bytes_max: 32 * 1024 * 1024,
             socket_send_buffer_bytes: 64 * 1024,
+            requests_in_flight_max: 64,
             shutdown_grace_ms: 5_000,
             ui_path: "/console".into(),
             synchronous: Synchronous::Full,
@@ -369,6 +373,9 @@ impl GatewayConfig {
         }
         if self.outbound_bytes_max < self.message_bytes_max.min(1 << 20) {
             return invalid("maxOutboundBytes", "must hold at least one message");
+        }
+        if self.requests_in_flight_max == 0 {
+            return invalid("maxRequestsInFlight", "must be at least 1");
         }
         if !self.ui_path.starts_with('/') {
             return invalid("uiPath", "must start with /");

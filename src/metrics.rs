@@ -3,7 +3,55 @@
 
 use crate::state::GatewayState;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in microseconds (Prometheus `le`, in seconds on output).
+const LATENCY_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A Prometheus histogram of durations with fixed buckets, updated lock-free from any thread.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let index = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        if let Some(bucket) = self.buckets.get(index) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS_US.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let seconds = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{seconds}\"}} {cumulative}");
+        }
+        let total = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
 
 pub fn render(state: &GatewayState) -> String {
     let counters = &state.counters;
@@ -116,5 +164,54 @@ pub fn render(state: &GatewayState) -> String {
         "Global broadcast counter.",
         state.state_version(),
     );
+    series(
+        "smithers_gateway_stream_backpressure_cuts_total",
+        "counter",
+        "Run or DevTools streams ended with BackpressureDisconnect (the socket stays open).",
+        counters.stream_backpressure_cuts.load(Ordering::Relaxed),
+    );
+    series(
+        "smithers_gateway_requests_deferred_total",
+        "counter",
+        "WebSocket requests that waited for a slot under maxRequestsInFlight.",
+        counters.requests_deferred.load(Ordering::Relaxed),
+    );
+    let workers = state.hub.all_worker_stats();
+    let mut per_worker = |name: &str, kind: &str, help: &str, value: &dyn Fn(usize) -> u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for index in 0..workers.len() {
+            let _ = writeln!(out, "{name}{{worker=\"{index}\"}} {}", value(index));
+        }
+    };
+    let load = |index: usize, pick: fn(&crate::events::hub::WorkerStats) -> &AtomicU64| {
+        workers
+            .get(index)
+            .map_or(0, |stats| pick(stats).load(Ordering::Relaxed))
+    };
+    per_worker(
+        "smithers_gateway_deliveries_total",
+        "counter",
+        "Event frames queued to this worker's sockets (broadcasts and stream frames).",
+        &|index| load(index, |stats| &stats.deliveries),
+    );
+    per_worker(
+        "smithers_gateway_outbound_bytes_queued",
+        "gauge",
+        "Bytes queued for this worker's sockets, not yet taken by the kernel.",
+        &|index| load(index, |stats| &stats.outbound_bytes),
+    );
+    per_worker(
+        "smithers_gateway_outbound_bytes_written_total",
+        "counter",
+        "Bytes written to this worker's WebSockets.",
+        &|index| load(index, |stats| &stats.bytes_written),
+    );
+    if let Some(storage) = &state.storage {
+        storage.latency().render(
+            &mut out,
+            "smithers_gateway_storage_command_seconds",
+            "Storage command round trips (queue, execution, commit), as seen by the caller.",
+        );
+    }
     out
 }

@@ -33,6 +33,10 @@ pub struct Counters {
     pub auth_failures: AtomicU64,
     pub events_sent: AtomicU64,
     pub outbound_overflow_closes: AtomicU64,
+    /// Run or DevTools streams torn down with BackpressureDisconnect.
+    pub stream_backpressure_cuts: AtomicU64,
+    /// WebSocket requests that waited because their socket had `maxRequestsInFlight` running.
+    pub requests_deferred: AtomicU64,
 }
 
 #[derive(Debug)]

@@ -65,6 +65,46 @@ fn hello_runs_to_completion() {
         published
     );
     assert_eq!(value_of("smithers_gateway_workflows_loaded"), 6);
+    // Per-worker series: one subscriber got the three broadcasts; nothing is left queued.
+    let per_worker = |name: &str| -> Vec<u64> {
+        metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("{name}{{worker=\"")))
+            .filter_map(|rest| rest.split_once("\"} "))
+            .filter_map(|(_, value)| value.trim().parse().ok())
+            .collect()
+    };
+    let deliveries = per_worker("smithers_gateway_deliveries_total");
+    assert_eq!(deliveries.len(), 1, "one series per worker: {metrics}");
+    assert_eq!(deliveries.iter().sum::<u64>(), 3);
+    assert_eq!(
+        per_worker("smithers_gateway_outbound_bytes_queued"),
+        vec![0]
+    );
+    assert!(
+        per_worker("smithers_gateway_outbound_bytes_written_total")
+            .iter()
+            .sum::<u64>()
+            > 0
+    );
+    let storage_calls = value_of("smithers_gateway_storage_command_seconds_count");
+    assert!(
+        storage_calls >= 2,
+        "launch and getRun at least: {storage_calls}"
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .find_map(|line| line
+                .strip_prefix("smithers_gateway_storage_command_seconds_bucket{le=\"+Inf\"} "))
+            .and_then(|value| value.parse::<u64>().ok()),
+        Some(storage_calls),
+        "the +Inf bucket counts every command"
+    );
+    assert_eq!(
+        value_of("smithers_gateway_stream_backpressure_cuts_total"),
+        0
+    );
 }
 
 /// `approve` waits for a human: the run sits in waiting-approval with a pending approval that

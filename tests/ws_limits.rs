@@ -220,3 +220,54 @@ fn shutdown_closes_sockets_with_1001() {
     // Nothing listens any more.
     assert!(TcpStream::connect(gateway.addr).is_err());
 }
+
+/// Sends `count` `getRun` requests in one write (pipelined) and returns the ids answered, in
+/// arrival order.
+fn pipelined_get_runs(ws: &mut Ws, count: usize) -> Vec<String> {
+    for index in 0..count {
+        let request = json!({"type":"req","id":format!("r{index}"),"method":"getRun",
+            "params":{"runId":format!("missing-{index}")}});
+        ws.write(tungstenite::Message::text(request.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    ws.flush().unwrap_or_else(|e| panic!("{e}"));
+    let mut answered = Vec::new();
+    while answered.len() < count {
+        let frame = recv_json(ws);
+        if frame["type"] == "res" {
+            assert_eq!(frame["ok"], false, "{frame}");
+            assert_eq!(frame["error"]["code"], "NOT_FOUND", "{frame}");
+            answered.push(frame["id"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    answered
+}
+
+/// maxRequestsInFlight bounds the handlers one socket runs at once: past it the socket is not
+/// read until one ends, and every request is still answered exactly once.
+#[test]
+fn in_flight_requests_are_bounded_per_socket() {
+    let deferred = |gateway: &Gateway| {
+        gateway
+            .state()
+            .counters
+            .requests_deferred
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let bounded = Gateway::start(|c| c.requests_in_flight_max = 1);
+    let (mut ws, _) = ws_connect(bounded.addr, ADMIN_TOKEN);
+    let mut answered = pipelined_get_runs(&mut ws, 20);
+    assert!(
+        deferred(&bounded) >= 1,
+        "20 pipelined requests under a bound of 1 must wait"
+    );
+    answered.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    expected.sort();
+    assert_eq!(answered, expected, "each request answered once");
+    // The same burst under the default bound (64) never waits.
+    let open = Gateway::start(|_| {});
+    let (mut ws, _) = ws_connect(open.addr, ADMIN_TOKEN);
+    assert_eq!(pipelined_get_runs(&mut ws, 20).len(), 20);
+    assert_eq!(deferred(&open), 0);
+}

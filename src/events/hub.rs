@@ -90,8 +90,38 @@ pub struct Broadcast {
 
 pub type BroadcastBatch = Arc<Vec<Arc<Broadcast>>>;
 
+/// Delivery figures of one worker (written by that worker only, read by /metrics).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Broadcast and stream event frames queued to this worker's sockets.
+    pub deliveries: AtomicU64,
+    /// Bytes queued for this worker's sockets and not yet taken by the kernel.
+    pub outbound_bytes: AtomicU64,
+    /// Bytes the kernel took from this worker's sockets.
+    pub bytes_written: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn outbound_queued(&self, bytes: usize) {
+        self.outbound_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn outbound_released(&self, bytes: usize) {
+        self.outbound_bytes
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn bytes_written(&self, bytes: usize) {
+        self.bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub struct Hub {
+    /// Indexed by worker.
+    worker_stats: Vec<WorkerStats>,
     state_version: AtomicU64,
     serializations: AtomicU64,
     published: AtomicU64,
@@ -109,6 +139,7 @@ impl Hub {
             .map(|(s, r)| (s, Some(r)))
             .unzip();
         Arc::new(Hub {
+            worker_stats: (0..n_workers).map(|_| WorkerStats::default()).collect(),
             state_version: AtomicU64::new(0),
             serializations: AtomicU64::new(0),
             published: AtomicU64::new(0),
@@ -139,6 +170,22 @@ impl Hub {
 
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    /// The delivery figures of worker `index`.
+    pub fn worker_stats(&self, index: usize) -> Option<&WorkerStats> {
+        self.worker_stats.get(index)
+    }
+
+    /// Every worker's figures, in worker order.
+    pub fn all_worker_stats(&self) -> &[WorkerStats] {
+        &self.worker_stats
+    }
+
+    pub fn count_delivery(&self, worker: usize) {
+        if let Some(stats) = self.worker_stats.get(worker) {
+            stats.deliveries.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Broadcasts `events` (name, payload) in order: each gets the next `stateVersion`, is

@@ -4,6 +4,7 @@
 
 use super::http_conn;
 use super::notify::Notify;
+use super::ws_session::{self, WsWorker};
 use super::Service;
 use crate::config::DriverKind;
 use crate::state::{GatewayState, Slot, SlotKind};
@@ -42,17 +43,12 @@ impl ConnControl {
     }
 }
 
-/// A connection that receives broadcasts (an authenticated WebSocket session).
-pub trait EventSink {
-    fn deliver(&self, broadcast: &crate::events::hub::Broadcast);
-}
-
 /// Worker-local state shared by the worker's connection tasks.
 pub struct WorkerContext {
     /// Ends the broadcast delivery task at shutdown.
     delivery_stop: Notify,
-    sinks: RefCell<HashMap<u64, Rc<dyn EventSink>>>,
-    next_sink_id: Cell<u64>,
+    /// The WebSocket sessions' shared machinery: broadcast recipients, read buffer, flusher, timers.
+    pub ws: WsWorker,
     pub index: usize,
     pub service: Service,
     pub state: Arc<GatewayState>,
@@ -76,18 +72,6 @@ impl WorkerContext {
 
     fn unregister(&self, id: u64) {
         self.connections.borrow_mut().remove(&id);
-    }
-
-    /// Registers a broadcast recipient; returns its id for `remove_sink`.
-    pub fn add_sink(&self, sink: Rc<dyn EventSink>) -> u64 {
-        let id = self.next_sink_id.get();
-        self.next_sink_id.set(id + 1);
-        self.sinks.borrow_mut().insert(id, sink);
-        id
-    }
-
-    pub fn remove_sink(&self, id: u64) {
-        self.sinks.borrow_mut().remove(&id);
     }
 }
 
@@ -137,8 +121,7 @@ async fn serve(
     };
     let context = Rc::new(WorkerContext {
         delivery_stop: Notify::default(),
-        sinks: RefCell::new(HashMap::new()),
-        next_sink_id: Cell::new(0),
+        ws: WsWorker::default(),
         index,
         service,
         state: state.clone(),
@@ -150,6 +133,8 @@ async fn serve(
         .hub
         .take_receiver(index)
         .map(|receiver| monoio::spawn(deliver_broadcasts(context.clone(), receiver)));
+    let flusher = monoio::spawn(ws_session::flusher(context.clone()));
+    let ticker = monoio::spawn(ws_session::ticker(context.clone()));
     loop {
         monoio::select! {
             accepted = listener.accept() => match accepted {
@@ -177,6 +162,9 @@ async fn serve(
     if let Some(delivery) = delivery {
         delivery.await;
     }
+    context.ws.stop();
+    flusher.await;
+    ticker.await;
     let left = context.connections.borrow().len();
     if left > 0 {
         tracing::warn!(
@@ -198,12 +186,7 @@ async fn deliver_broadcasts(
             _ = context.delivery_stop.notified() => return,
         };
         let Ok(batch) = batch else { return };
-        let sinks: Vec<Rc<dyn EventSink>> = context.sinks.borrow().values().cloned().collect();
-        for broadcast in batch.iter() {
-            for sink in &sinks {
-                sink.deliver(broadcast);
-            }
-        }
+        context.ws.deliver(&batch);
     }
 }
 

@@ -1,58 +1,235 @@
 //! One WebSocket connection after the upgrade (PROTOCOL.md §5–6, §12–15).
 //!
-//! Three tasks share one `Session`: the main task reads and decodes frames and handles requests;
-//! the writer task drains the outbound queue, everything queued in one write per turn; the timer
-//! task enforces the authentication deadline and sends `tick` events. The outbound queue is
-//! bounded in bytes: past the bound its frames are discarded and the socket is closed with 1013.
+//! A session is one task (the reader) plus shared, worker-level machinery:
+//! - Reads wait for readiness and then read into the worker's one read buffer, so an idle socket
+//!   holds no read buffer at all; the decoder keeps only a partial message.
+//! - Writes are corked: enqueuing marks the session dirty, and the worker's flusher writes
+//!   everything queued for it in one vectored `sendmsg` per loop turn, `[head][shared body][tail]`
+//!   per frame (see `outbound`). When the kernel buffer is full, a drain task waits for
+//!   writability; the queue is bounded in bytes and past the bound the socket closes with 1013.
+//! - The authentication deadline, `tick` and the run streams' heartbeats come from the worker's
+//!   ticker (`WsWorker::timers`), not a task per socket.
+//! - Requests other than `connect` run as their own tasks, at most `maxRequestsInFlight` at a time
+//!   per socket; past that the reader stops reading until one finishes.
 //!
 //! Run event streams (`streamRunEvents`, EVENTS.md §3) live on the session: the hub numbers and
 //! serializes each run frame once; a stream adds only its `streamId` around the shared bytes.
-//! Frames queued for a stream are tagged so the writer can count them down (per-stream
+//! Frames queued for a stream are tagged so the flusher can count them down (per-stream
 //! backpressure, EVENTS.md §3.5).
 //!
-//! Invariant: once the session has finished, its outbound queue is empty and no task writes.
+//! Invariant: once the session has finished, its outbound queue is empty and nothing more is
+//! written to its socket.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::http_conn::auth_rpc_error;
 use super::notify::Notify;
-use super::worker::{ConnControl, EventSink, StopReason, WorkerContext};
+use super::outbound::{Body, OutFrame, OutQueue};
+use super::worker::{ConnControl, StopReason, WorkerContext};
 use super::Service;
 use crate::auth::Principal;
 use crate::error::{ErrorCode, RpcError};
-use crate::events::hub::{Broadcast, RunFrame, StreamRefusal};
+use crate::events::hub::{Broadcast, BroadcastBatch, RunFrame, StreamRefusal};
 use crate::rpc::connect;
 use crate::rpc::dispatch::{self, CallContext, Transport};
 use crate::rpc::frame::{
-    self, encode_event_body, encode_event_head, encode_response_error, encode_response_ok,
-    write_string, INVALID_FRAME_ID,
+    self, encode_event_body, encode_response_error, encode_response_ok, write_string,
+    INVALID_FRAME_ID,
 };
 use crate::rpc::methods;
 use crate::rpc::Value;
 use crate::state::{Slot, SlotKind};
-use crate::ws::codec::{self, Decoder, Message};
-use crate::ws::frame::{server_head, OpCode};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
+use crate::ws::codec::{self, CodecError, Decoder, Message};
+use crate::ws::frame::OpCode;
 use monoio::net::TcpStream;
 use simd_json::prelude::*;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
-use std::rc::Rc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{IoSlice, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a closing socket waits for the peer's close frame before dropping the connection.
+/// How long a closing socket waits for the peer's close frame, and a finished session for its
+/// queue to leave, before the connection is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// How long one queued batch may take to leave before the peer is considered gone.
+/// How long a socket may stay unwritable with frames queued before the peer is considered gone.
 const WRITE_STALL: Duration = Duration::from_secs(30);
-const READ_CHUNK_BYTES: usize = 8 * 1024;
+/// The worker's read buffer: one per worker, shared by all its sessions.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Slices per `sendmsg` (IOV_MAX is 1024; a frame is at most three slices).
+const SLICES_PER_WRITE: usize = 512;
 /// `run.heartbeat` period per open run stream (EVENTS.md §3.4).
 const STREAM_HEARTBEAT: Duration = Duration::from_millis(1_000);
 /// Frames a stream may have waiting before it is torn down (EVENTS.md §3.5).
 const STREAM_QUEUE_MAX: usize = 1_000;
 const BACKPRESSURE_MESSAGE: &str =
     "Run event stream outbound queue exceeded 1000 frames; disconnecting slow consumer.";
+/// The end of every event frame after its payload.
+const EVENT_TAIL: &[u8] = br#","apiVersion":"v1"}"#;
+
+/// Per-worker state shared by the worker's WebSocket sessions.
+#[derive(Default)]
+pub struct WsWorker {
+    /// Authenticated sessions, the recipients of broadcasts.
+    sessions: RefCell<HashMap<u64, Rc<Session>>>,
+    next_session_id: Cell<u64>,
+    /// Filled by one read and decoded before any await, so one buffer serves every socket.
+    read_buffer: RefCell<Vec<u8>>,
+    /// Sessions with frames queued since the flusher last ran.
+    dirty: RefCell<Vec<Rc<Session>>>,
+    flush_wake: Notify,
+    timers: RefCell<Timers>,
+    timer_wake: Notify,
+    stopped: Cell<bool>,
+}
+
+/// Deadlines with a fixed period each, so each queue is ordered by its due time (FIFO).
+#[derive(Default)]
+struct Timers {
+    /// Sockets that must have authenticated by then.
+    auth: VecDeque<(Instant, Weak<Session>)>,
+    /// Next `tick`, with the connect generation that scheduled it.
+    ticks: VecDeque<(Instant, Weak<Session>, u64)>,
+    /// Next `run.heartbeat` round for sockets with open run streams.
+    beats: VecDeque<(Instant, Weak<Session>)>,
+}
+
+impl Timers {
+    fn next_due(&self) -> Option<Instant> {
+        [
+            self.auth.front().map(|e| e.0),
+            self.ticks.front().map(|e| e.0),
+            self.beats.front().map(|e| e.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+impl WsWorker {
+    fn add_session(&self, session: Rc<Session>) -> u64 {
+        let id = self.next_session_id.get();
+        self.next_session_id.set(id + 1);
+        self.sessions.borrow_mut().insert(id, session);
+        id
+    }
+
+    fn remove_session(&self, id: u64) {
+        self.sessions.borrow_mut().remove(&id);
+    }
+
+    fn schedule(&self, push: impl FnOnce(&mut Timers)) {
+        push(&mut self.timers.borrow_mut());
+        self.timer_wake.notify();
+    }
+
+    /// Ends the flusher and the ticker (worker shutdown, after the connections are gone).
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        self.flush_wake.notify();
+        self.timer_wake.notify();
+    }
+
+    /// Hands one batch from the hub to every session of this worker, in order. The frames leave
+    /// when the flusher runs, after the whole batch is queued: one write per socket per batch.
+    pub fn deliver(&self, batch: &BroadcastBatch) {
+        let sessions: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
+        for broadcast in batch.iter() {
+            for session in &sessions {
+                session.deliver(broadcast);
+            }
+        }
+    }
+}
+
+/// Writes what each dirty session has queued, once per wake-up.
+pub async fn flusher(context: Rc<WorkerContext>) {
+    let ws = &context.ws;
+    loop {
+        ws.flush_wake.notified().await;
+        if ws.stopped.get() {
+            return;
+        }
+        let dirty = std::mem::take(&mut *ws.dirty.borrow_mut());
+        for session in dirty {
+            session.out.borrow_mut().dirty = false;
+            session.flush_and_follow_up();
+        }
+    }
+}
+
+/// Fires authentication deadlines, ticks and stream heartbeats for the worker's sessions.
+pub async fn ticker(context: Rc<WorkerContext>) {
+    let ws = &context.ws;
+    let heartbeat = Duration::from_millis(context.state.config.heartbeat_ms);
+    loop {
+        if ws.stopped.get() {
+            return;
+        }
+        let now = Instant::now();
+        let mut due_auth = Vec::new();
+        let mut due_ticks = Vec::new();
+        let mut due_beats = Vec::new();
+        {
+            let mut timers = ws.timers.borrow_mut();
+            while timers.auth.front().is_some_and(|e| e.0 <= now) {
+                due_auth.extend(timers.auth.pop_front().and_then(|e| e.1.upgrade()));
+            }
+            while timers.ticks.front().is_some_and(|e| e.0 <= now) {
+                if let Some((_, session, generation)) = timers.ticks.pop_front() {
+                    due_ticks.extend(session.upgrade().map(|s| (s, generation)));
+                }
+            }
+            while timers.beats.front().is_some_and(|e| e.0 <= now) {
+                due_beats.extend(timers.beats.pop_front().and_then(|e| e.1.upgrade()));
+            }
+        }
+        for session in due_auth {
+            if !session.is_authenticated() && !session.out.borrow().finished {
+                tracing::debug!("authentication deadline passed; dropping connection");
+                session.abort();
+            }
+        }
+        for (session, generation) in due_ticks {
+            // A newer connect scheduled its own tick; this one is stale.
+            if generation != session.tick_generation.get() || session.is_closing() {
+                continue;
+            }
+            session.send_event(
+                "tick",
+                &frame::object(vec![("ts", Value::from(crate::clock::now_ms()))]),
+            );
+            let weak = Rc::downgrade(&session);
+            ws.timers
+                .borrow_mut()
+                .ticks
+                .push_back((now + heartbeat, weak, generation));
+        }
+        for session in due_beats {
+            if session.streams.borrow().is_empty() || session.is_closing() {
+                session.beat_scheduled.set(false);
+                continue;
+            }
+            session.send_stream_heartbeats();
+            let weak = Rc::downgrade(&session);
+            ws.timers
+                .borrow_mut()
+                .beats
+                .push_back((now + STREAM_HEARTBEAT, weak));
+        }
+        let next = ws.timers.borrow().next_due();
+        let wait = next.map_or(Duration::from_secs(3600), |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        monoio::select! {
+            _ = monoio::time::sleep(wait) => {}
+            _ = ws.timer_wake.notified() => {}
+        }
+    }
+}
 
 /// One `streamRunEvents` stream of this socket.
 #[derive(Debug)]
@@ -72,21 +249,52 @@ struct RunStream {
     pending: Option<Vec<Arc<RunFrame>>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Outbound {
-    /// Encoded frames, each tagged with the run stream it belongs to (if any).
-    frames: VecDeque<(Vec<u8>, Option<u64>)>,
-    bytes: usize,
+    queue: OutQueue,
     /// A close frame to send after the queued frames; nothing is queued after it.
     close: Option<(u16, String)>,
-    /// Drop the connection without writing anything more (authentication deadline).
+    /// The close frame is in the queue.
+    close_queued: bool,
+    /// The close frame has left and the write side is shut.
+    close_sent: bool,
+    /// Drop the connection without writing anything more.
     abort: bool,
+    /// The reader is done; the session ends once the queue has left.
     finished: bool,
+    /// In the worker's flush list.
+    dirty: bool,
+    /// A drain task is waiting for the socket to become writable.
+    draining: bool,
 }
 
-struct Session {
+impl Outbound {
+    fn closing(&self) -> bool {
+        self.close.is_some() || self.abort || self.finished
+    }
+
+    /// Nothing more will be written: the queue and any close frame have left, or the socket is
+    /// being dropped.
+    fn settled(&self) -> bool {
+        self.abort || (self.queue.is_empty() && (self.close.is_none() || self.close_sent))
+    }
+}
+
+/// What one flush achieved.
+enum Flushed {
+    /// Everything queued has left.
+    Done,
+    /// The kernel buffer is full; the rest waits for writability.
+    Blocked,
+    /// The socket failed; the connection is dropped.
+    Failed,
+}
+
+pub struct Session {
+    me: Weak<Session>,
     context: Rc<WorkerContext>,
     control: Rc<ConnControl>,
+    stream: TcpStream,
     /// The upgrade request's headers that authentication may read.
     headers: Vec<(String, String)>,
     principal: RefCell<Option<Principal>>,
@@ -94,19 +302,40 @@ struct Session {
     subscribe: RefCell<Option<HashSet<String>>>,
     seq: Cell<u64>,
     out: RefCell<Outbound>,
-    writer_wake: Notify,
-    /// Wakes a writer blocked on a peer that stopped reading, so it gives up at once.
+    /// Wakes a drain task waiting on a peer that stopped reading, so it gives up at once.
     abort_wake: Notify,
-    timer_wake: Notify,
+    /// Wakes the end of `run` when the queue has left.
+    drained: Notify,
     /// Bumped by every successful connect so the tick timer restarts.
     tick_generation: Cell<u64>,
     /// Registration with the worker's broadcast delivery, from the first successful connect.
     sink_id: Cell<Option<u64>>,
     streams: RefCell<Vec<RunStream>>,
     next_stream_key: Cell<u64>,
+    /// Whether the ticker holds a heartbeat entry for this socket's streams.
+    beat_scheduled: Cell<bool>,
+    /// Requests being handled, and the reader's wake-up when one finishes.
+    in_flight: Cell<usize>,
+    in_flight_wake: Notify,
 }
 
-impl EventSink for Session {
+impl Session {
+    fn is_authenticated(&self) -> bool {
+        self.principal.borrow().is_some()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.out.borrow().closing()
+    }
+
+    /// Runs `f` on the socket (non-blocking since the upgrade; see `run`).
+    fn with_socket<R>(&self, f: impl FnOnce(&socket2::Socket) -> R) -> R {
+        // SAFETY: the fd is owned by `self.stream`, which lives as long as `self`, and the
+        // borrowed fd does not escape this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        f(&socket2::SockRef::from(&fd))
+    }
+
     /// PROTOCOL.md §13: authenticated sockets only; events without a run, or a null or empty
     /// filter, or a filter holding the run, are delivered.
     fn deliver(&self, broadcast: &Broadcast) {
@@ -125,97 +354,189 @@ impl EventSink for Session {
                 return self.deliver_to_streams(run_id, frame);
             }
         }
+        let seq = self.next_seq();
+        let mut prefix = Vec::with_capacity(64);
+        frame::encode_event_head(&mut prefix, seq, broadcast.state_version);
+        self.count_event();
+        self.enqueue(OutFrame::data(
+            OpCode::Text,
+            &prefix,
+            Body::Shared(broadcast.body.clone()),
+            &[],
+            None,
+        ));
+    }
+
+    fn next_seq(&self) -> u64 {
         let seq = self.seq.get() + 1;
         self.seq.set(seq);
-        let mut bytes = Vec::with_capacity(48 + broadcast.body.len());
-        encode_event_head(&mut bytes, seq, broadcast.state_version);
-        bytes.extend_from_slice(&broadcast.body);
-        self.context
-            .state
-            .counters
-            .events_sent
-            .fetch_add(1, Ordering::Relaxed);
-        self.enqueue_text(&bytes);
-    }
-}
-
-impl Session {
-    fn is_authenticated(&self) -> bool {
-        self.principal.borrow().is_some()
+        seq
     }
 
-    fn is_closing(&self) -> bool {
-        let out = self.out.borrow();
-        out.close.is_some() || out.abort || out.finished
+    fn count_event(&self) {
+        let state = &self.context.state;
+        state.counters.events_sent.fetch_add(1, Ordering::Relaxed);
+        state.hub.count_delivery(self.context.index);
     }
 
-    fn enqueue_text(&self, payload: &[u8]) {
-        self.enqueue_data(OpCode::Text, payload);
-    }
-
-    fn enqueue_data(&self, opcode: OpCode, payload: &[u8]) {
-        self.enqueue_tagged(opcode, payload, None);
-    }
-
-    /// Queues one data message, tagged with the run stream it belongs to. Past the byte bound the
-    /// queue is discarded and the socket closes with 1013 (PROTOCOL.md §15).
-    fn enqueue_tagged(&self, opcode: OpCode, payload: &[u8], tag: Option<u64>) {
+    /// Queues one frame. Past the byte bound everything not yet started is discarded and the
+    /// socket closes with 1013 (PROTOCOL.md §15, EVENTS.md §5).
+    fn enqueue(&self, frame: OutFrame) {
         let mut out = self.out.borrow_mut();
-        if out.close.is_some() || out.abort || out.finished {
+        if out.closing() {
             return;
         }
-        let mut head = [0u8; 10];
-        let head_len = server_head(opcode, payload.len(), &mut head);
-        let frame_bytes = head_len + payload.len();
-        if out.bytes + frame_bytes > self.context.state.config.outbound_bytes_max {
-            out.frames.clear();
-            out.bytes = 0;
+        let stats = self.context.state.hub.worker_stats(self.context.index);
+        if out.queue.bytes() + frame.len() > self.context.state.config.outbound_bytes_max {
+            let before = out.queue.bytes();
+            out.queue.drop_unstarted(|_| true);
+            let freed = before - out.queue.bytes();
             out.close = Some((codec::CLOSE_TRY_AGAIN_LATER, "event backpressure".into()));
+            drop(out);
+            if let Some(stats) = stats {
+                stats.outbound_released(freed);
+            }
             self.context
                 .state
                 .counters
                 .outbound_overflow_closes
                 .fetch_add(1, Ordering::Relaxed);
-            drop(out);
             tracing::debug!("outbound queue over its bound; closing with 1013");
-            self.writer_wake.notify();
+            self.schedule_flush();
             self.control.wake.notify();
             return;
         }
-        let mut frame = Vec::with_capacity(frame_bytes);
-        frame.extend_from_slice(head.get(..head_len).unwrap_or_default());
-        frame.extend_from_slice(payload);
-        out.bytes += frame_bytes;
-        out.frames.push_back((frame, tag));
-        debug_assert!(out.bytes <= self.context.state.config.outbound_bytes_max);
+        if let Some(stats) = stats {
+            stats.outbound_queued(frame.len());
+        }
+        out.queue.push(frame);
+        debug_assert!(out.queue.bytes() <= self.context.state.config.outbound_bytes_max);
         drop(out);
-        self.writer_wake.notify();
+        self.schedule_flush();
+    }
+
+    fn enqueue_data(&self, opcode: OpCode, payload: Vec<u8>) {
+        self.enqueue(OutFrame::data(opcode, &[], Body::Owned(payload), &[], None));
     }
 
     fn enqueue_control(&self, opcode: OpCode, payload: &[u8]) {
-        let mut out = self.out.borrow_mut();
-        if out.close.is_some() || out.abort || out.finished {
-            return;
-        }
         let mut frame = Vec::with_capacity(payload.len() + 2);
         codec::encode_frame(&mut frame, opcode, payload);
-        out.bytes += frame.len();
-        out.frames.push_back((frame, None));
-        drop(out);
-        self.writer_wake.notify();
+        self.enqueue(OutFrame::encoded(frame));
+    }
+
+    /// Puts the session on the worker's flush list (once until the flusher has run).
+    fn schedule_flush(&self) {
+        {
+            let mut out = self.out.borrow_mut();
+            if out.dirty || out.draining || out.abort {
+                return;
+            }
+            out.dirty = true;
+        }
+        if let Some(me) = self.me.upgrade() {
+            let ws = &self.context.ws;
+            ws.dirty.borrow_mut().push(me);
+            ws.flush_wake.notify();
+        }
     }
 
     fn request_close(&self, code: u16, reason: &str) {
-        let mut out = self.out.borrow_mut();
-        if out.close.is_none() && !out.abort {
+        {
+            let mut out = self.out.borrow_mut();
+            if out.close.is_some() || out.abort {
+                return;
+            }
             out.close = Some((code, reason.to_string()));
         }
-        drop(out);
-        self.writer_wake.notify();
+        self.schedule_flush();
+    }
+
+    /// Writes as much of the queue as the kernel takes now, in vectored writes; after the queue,
+    /// the close frame, then the write side is shut.
+    fn flush(&self) -> Flushed {
+        let stats = self.context.state.hub.worker_stats(self.context.index);
+        loop {
+            let mut out = self.out.borrow_mut();
+            if out.abort {
+                return Flushed::Done;
+            }
+            if out.queue.is_empty() {
+                if let (Some((code, reason)), false) = (&out.close, out.close_queued) {
+                    let mut frame = Vec::with_capacity(4 + reason.len());
+                    codec::encode_close(&mut frame, *code, reason);
+                    if let Some(stats) = stats {
+                        stats.outbound_queued(frame.len());
+                    }
+                    out.queue.push(OutFrame::encoded(frame));
+                    out.close_queued = true;
+                    continue;
+                }
+                if out.close_queued && !out.close_sent {
+                    out.close_sent = true;
+                    drop(out);
+                    let _ = self.with_socket(|socket| socket.shutdown(std::net::Shutdown::Write));
+                    self.control.wake.notify();
+                }
+                return Flushed::Done;
+            }
+            let mut slices: Vec<IoSlice<'_>> = Vec::new();
+            out.queue.gather(&mut slices, SLICES_PER_WRITE);
+            let wanted: usize = slices.iter().map(|s| s.len()).sum();
+            let written = self.with_socket(|socket| {
+                socket.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            });
+            drop(slices);
+            match written {
+                Ok(written) => {
+                    let mut released = Vec::new();
+                    out.queue.advance(written, |tag| released.extend(tag));
+                    drop(out);
+                    if let Some(stats) = stats {
+                        stats.outbound_released(written);
+                        stats.bytes_written(written);
+                    }
+                    self.release_stream_frames(&released);
+                    if written < wanted {
+                        return Flushed::Blocked;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Flushed::Blocked
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::debug!(%error, "socket write failed");
+                    return Flushed::Failed;
+                }
+            }
+        }
+    }
+
+    /// Flushes, then whatever the outcome asks for: a drain task, an abort, or waking the end of
+    /// `run` when everything has left.
+    fn flush_and_follow_up(&self) {
+        match self.flush() {
+            Flushed::Done => {
+                if self.out.borrow().settled() {
+                    self.drained.notify();
+                }
+            }
+            Flushed::Blocked => {
+                let start = {
+                    let mut out = self.out.borrow_mut();
+                    !std::mem::replace(&mut out.draining, true)
+                };
+                if let (true, Some(me)) = (start, self.me.upgrade()) {
+                    monoio::spawn(drain(me));
+                }
+            }
+            Flushed::Failed => self.abort(),
+        }
     }
 
     fn respond_ok(&self, id: &str, payload: &Value) {
-        self.enqueue_text(&encode_response_ok(id, payload));
+        self.enqueue_data(OpCode::Text, encode_response_ok(id, payload));
     }
 
     fn respond_error(&self, id: &str, error: &RpcError) {
@@ -225,23 +546,27 @@ impl Session {
             .rpc_errors
             .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(code = error.code.as_str(), message = %error.message, "request refused");
-        self.enqueue_text(&encode_response_error(id, error));
+        self.enqueue_data(OpCode::Text, encode_response_error(id, error));
     }
 
     /// Sends an event to this connection only: numbered with the next `seq`, carrying the current
     /// `stateVersion` without incrementing it.
     fn send_event(&self, name: &str, payload: &Value) {
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
-        let mut bytes = Vec::with_capacity(96);
-        encode_event_head(&mut bytes, seq, self.context.state.state_version());
-        bytes.extend_from_slice(&encode_event_body(name, payload));
+        let seq = self.next_seq();
+        let mut prefix = Vec::with_capacity(64);
+        frame::encode_event_head(&mut prefix, seq, self.context.state.state_version());
         self.context
             .state
             .counters
             .events_sent
             .fetch_add(1, Ordering::Relaxed);
-        self.enqueue_text(&bytes);
+        self.enqueue(OutFrame::data(
+            OpCode::Text,
+            &prefix,
+            Body::Owned(encode_event_body(name, payload)),
+            &[],
+            None,
+        ));
     }
 
     /// One live window frame to every stream of this socket on the frame's run.
@@ -270,7 +595,7 @@ impl Session {
         }
     }
 
-    /// `run.event` `{streamId, …frame}`: the frame's shared bytes with this stream's id in front.
+    /// `run.event` `{streamId, …frame}`: this stream's head, then the frame's shared bytes.
     /// `counted` frames are tagged and count toward the stream's live queue (EVENTS.md §3.5).
     fn send_run_frame(
         &self,
@@ -280,30 +605,29 @@ impl Session {
         state_version: u64,
         counted: bool,
     ) {
-        let seq = self.seq.get() + 1;
-        self.seq.set(seq);
-        let mut bytes = Vec::with_capacity(96 + stream_id.len() + frame.fields.len());
-        encode_event_head(&mut bytes, seq, state_version);
-        bytes.extend_from_slice(br#""event":"run.event","payload":{"streamId":"#);
-        write_string(&mut bytes, stream_id);
-        bytes.push(b',');
-        bytes.extend_from_slice(&frame.fields);
-        bytes.extend_from_slice(br#","apiVersion":"v1"}"#);
-        self.context
-            .state
-            .counters
-            .events_sent
-            .fetch_add(1, Ordering::Relaxed);
-        if !counted {
-            return self.enqueue_text(&bytes);
-        }
-        self.enqueue_tagged(OpCode::Text, &bytes, Some(key));
-        if let Some(stream) = self.streams.borrow_mut().iter_mut().find(|s| s.key == key) {
-            stream.queued += 1;
+        let seq = self.next_seq();
+        let mut prefix = Vec::with_capacity(128 + stream_id.len());
+        frame::encode_event_head(&mut prefix, seq, state_version);
+        prefix.extend_from_slice(br#""event":"run.event","payload":{"streamId":"#);
+        write_string(&mut prefix, stream_id);
+        prefix.push(b',');
+        self.count_event();
+        let tag = counted.then_some(key);
+        self.enqueue(OutFrame::data(
+            OpCode::Text,
+            &prefix,
+            Body::Shared(frame.fields.clone()),
+            EVENT_TAIL,
+            tag,
+        ));
+        if counted {
+            if let Some(stream) = self.streams.borrow_mut().iter_mut().find(|s| s.key == key) {
+                stream.queued += 1;
+            }
         }
     }
 
-    /// The writer took these tagged frames; their streams' queues shrink.
+    /// These tagged frames left for the socket; their streams' queues shrink.
     fn release_stream_frames(&self, tags: &[u64]) {
         if tags.is_empty() {
             return;
@@ -328,21 +652,21 @@ impl Session {
         };
         {
             let mut out = self.out.borrow_mut();
-            let before = out.frames.len();
-            let mut freed = 0;
-            out.frames.retain(|(frame, tag)| {
-                let keep = *tag != Some(key);
-                if !keep {
-                    freed += frame.len();
-                }
-                keep
-            });
-            out.bytes = out.bytes.saturating_sub(freed);
-            tracing::debug!(
-                dropped = before - out.frames.len(),
-                code,
-                "run event stream torn down"
-            );
+            let before = out.queue.bytes();
+            let dropped = out.queue.drop_unstarted(|frame| frame.tag == Some(key));
+            let freed = before - out.queue.bytes();
+            drop(out);
+            if let Some(stats) = self.context.state.hub.worker_stats(self.context.index) {
+                stats.outbound_released(freed);
+            }
+            tracing::debug!(dropped, code, "run event stream torn down");
+        }
+        if code == "BackpressureDisconnect" {
+            self.context
+                .state
+                .counters
+                .stream_backpressure_cuts
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.send_event(
             "run.error",
@@ -388,6 +712,18 @@ impl Session {
         }
     }
 
+    /// Puts the socket in the ticker's heartbeat round (first beat one period from now).
+    fn schedule_stream_heartbeats(&self) {
+        if self.beat_scheduled.replace(true) {
+            return;
+        }
+        let weak = self.me.clone();
+        self.context.ws.schedule(|timers| {
+            timers
+                .beats
+                .push_back((Instant::now() + STREAM_HEARTBEAT, weak))
+        });
+    }
     /// `streamRunEvents` (METHODS.md §3.17, EVENTS.md §3.2–3.3): validate in the spec's order,
     /// register the stream, respond, then replay.
     async fn handle_stream_run_events(
@@ -505,6 +841,7 @@ impl Session {
             queued: 0,
             pending: gap.map(|_| Vec::new()),
         });
+        self.schedule_stream_heartbeats();
         self.respond_ok(
             id,
             &frame::object(vec![
@@ -561,7 +898,9 @@ impl Session {
         }
     }
 
-    async fn handle_text(self: &Rc<Self>, bytes: Vec<u8>) {
+    /// A text or binary message from the peer: `connect` runs before anything after it is read;
+    /// other requests run as their own tasks, at most `maxRequestsInFlight` at once.
+    async fn accept_message(self: &Rc<Self>, bytes: Vec<u8>) {
         let state = &self.context.state;
         state.counters.ws_messages.fetch_add(1, Ordering::Relaxed);
         let request = match frame::parse_ws_request(bytes, state.config.message_bytes_max) {
@@ -569,8 +908,36 @@ impl Session {
             Err(error) => return self.respond_error(INVALID_FRAME_ID, &error),
         };
         if request.method == "connect" {
-            return self.handle_connect(&request.id, &request.params).await;
+            // Boxed so the reader's own future stays small while the socket is idle.
+            return Box::pin(self.handle_connect(&request.id, &request.params)).await;
         }
+        let limit = state.config.requests_in_flight_max.max(1);
+        if self.in_flight.get() >= limit {
+            state
+                .counters
+                .requests_deferred
+                .fetch_add(1, Ordering::Relaxed);
+            while self.in_flight.get() >= limit {
+                monoio::select! {
+                    _ = self.in_flight_wake.notified() => {}
+                    _ = self.control.wake.notified() => {}
+                }
+                if self.out.borrow().abort || self.control.stop_reason().is_some() {
+                    return;
+                }
+            }
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        let session = self.clone();
+        monoio::spawn(async move {
+            session.handle_request(request).await;
+            session.in_flight.set(session.in_flight.get() - 1);
+            session.in_flight_wake.notify();
+        });
+    }
+
+    async fn handle_request(self: &Rc<Self>, request: frame::RequestFrame) {
+        let state = &self.context.state;
         let principal = self.principal.borrow().clone();
         let Some(principal) = principal else {
             return self.respond_error(
@@ -664,21 +1031,27 @@ impl Session {
         };
         let hello = connect::hello(state, &principal, &session_token, runs, approvals);
         if self.sink_id.get().is_none() {
-            let sink: Rc<dyn EventSink> = self.clone();
-            self.sink_id.set(Some(self.context.add_sink(sink)));
+            self.sink_id
+                .set(Some(self.context.ws.add_session(self.clone())));
         }
         tracing::debug!(role = %principal.role, user = ?principal.user_id, "connected");
         *self.principal.borrow_mut() = Some(principal);
         *self.subscribe.borrow_mut() = request.subscribe;
         self.respond_ok(id, &hello);
-        self.tick_generation.set(self.tick_generation.get() + 1);
-        self.timer_wake.notify();
+        // Ticks restart a full period after every successful connect (PROTOCOL.md §14).
+        let generation = self.tick_generation.get() + 1;
+        self.tick_generation.set(generation);
+        let weak = self.me.clone();
+        let due = Instant::now() + Duration::from_millis(state.config.heartbeat_ms);
+        self.context
+            .ws
+            .schedule(|timers| timers.ticks.push_back((due, weak, generation)));
     }
 
-    /// The reader is done: the writer sends what is queued (and the close frame) and ends.
+    /// The reader is done: what is queued (and the close frame) leaves, then the session ends.
     fn finish(&self) {
         if let Some(id) = self.sink_id.take() {
-            self.context.remove_sink(id);
+            self.context.ws.remove_session(id);
         }
         // Streams end with their socket (EVENTS.md §3.4): release their caps and windows.
         for stream in self.streams.take() {
@@ -688,20 +1061,57 @@ impl Session {
                 .close_stream(&stream.run_id, stream.identity.as_deref());
         }
         self.out.borrow_mut().finished = true;
-        self.writer_wake.notify();
-        self.timer_wake.notify();
+        self.schedule_flush();
     }
 
-    /// Drops everything queued and stops the writer without another byte.
+    /// Drops everything queued and writes nothing more.
     fn abort(&self) {
-        let mut out = self.out.borrow_mut();
-        out.abort = true;
-        out.frames.clear();
-        out.bytes = 0;
-        drop(out);
-        self.writer_wake.notify();
+        let freed = {
+            let mut out = self.out.borrow_mut();
+            out.abort = true;
+            let freed = out.queue.bytes();
+            out.queue.clear();
+            freed
+        };
+        if let Some(stats) = self.context.state.hub.worker_stats(self.context.index) {
+            stats.outbound_released(freed);
+        }
         self.abort_wake.notify();
+        self.drained.notify();
         self.control.wake.notify();
+    }
+}
+
+/// Waits for a socket whose kernel buffer was full to become writable, and flushes again, until
+/// the queue has left. A socket that stays unwritable for `WRITE_STALL` is dropped.
+async fn drain(session: Rc<Session>) {
+    loop {
+        let writable = monoio::select! {
+            ready = monoio::time::timeout(WRITE_STALL, session.stream.writable(false)) => {
+                matches!(ready, Ok(Ok(())))
+            }
+            _ = session.abort_wake.notified() => false,
+        };
+        if !writable {
+            session.out.borrow_mut().draining = false;
+            session.abort();
+            return;
+        }
+        match session.flush() {
+            Flushed::Blocked => {}
+            Flushed::Done => {
+                session.out.borrow_mut().draining = false;
+                if session.out.borrow().settled() {
+                    session.drained.notify();
+                }
+                return;
+            }
+            Flushed::Failed => {
+                session.out.borrow_mut().draining = false;
+                session.abort();
+                return;
+            }
+        }
     }
 }
 
@@ -716,27 +1126,39 @@ pub async fn run(
 ) {
     let echo = context.service == Service::Echo;
     debug_assert!(echo || pre_auth_slot.as_ref().map(Slot::kind) == Some(SlotKind::PreAuth));
-    let session = Rc::new(Session {
+    let session = Rc::new_cyclic(|me| Session {
+        me: me.clone(),
         context: context.clone(),
         control: control.clone(),
+        stream,
         headers,
         principal: RefCell::new(None),
         slot: RefCell::new(pre_auth_slot),
         subscribe: RefCell::new(None),
         seq: Cell::new(0),
         out: RefCell::new(Outbound::default()),
-        writer_wake: Notify::default(),
         abort_wake: Notify::default(),
-        timer_wake: Notify::default(),
+        drained: Notify::default(),
         tick_generation: Cell::new(0),
         sink_id: Cell::new(None),
         streams: RefCell::new(Vec::new()),
         next_stream_key: Cell::new(0),
+        beat_scheduled: Cell::new(false),
+        in_flight: Cell::new(0),
+        in_flight_wake: Notify::default(),
     });
-    let (mut reader, writer) = stream.into_split();
-    let writer_task = monoio::spawn(write_loop(session.clone(), writer));
-    let timer_task = (!echo).then(|| monoio::spawn(timer_loop(session.clone(), Instant::now())));
+    // From here on the session does its own non-blocking reads and writes after readiness.
+    if let Err(error) = session.with_socket(|socket| socket.set_nonblocking(true)) {
+        tracing::debug!(%error, "socket could not be made non-blocking");
+        return;
+    }
     if !echo {
+        let weak = Rc::downgrade(&session);
+        let deadline =
+            Instant::now() + Duration::from_millis(context.state.config.auth_deadline_ms);
+        context
+            .ws
+            .schedule(|timers| timers.auth.push_back((deadline, weak)));
         session.send_event(
             "connect.challenge",
             &frame::object(vec![
@@ -745,82 +1167,135 @@ pub async fn run(
             ]),
         );
     }
-    read_loop(&session, &mut reader, leftover, echo).await;
+    read_loop(&session, leftover, echo).await;
     session.finish();
-    // The writer ends on its own once finished; a peer that stopped reading cannot hold it.
-    if monoio::time::timeout(CLOSE_WAIT, writer_task)
-        .await
-        .is_err()
-    {
-        session.abort();
+    // The queue leaves on its own once finished; a peer that stopped reading cannot hold it.
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while !session.out.borrow().settled() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            session.abort();
+            break;
+        }
+        monoio::select! {
+            _ = session.drained.notified() => {}
+            _ = monoio::time::sleep(wait) => {}
+        }
     }
-    if let Some(timer_task) = timer_task {
-        timer_task.await;
-    }
-    // Dropping the session drops its slot; dropping the halves closes the socket.
-    debug_assert!(session.out.borrow().frames.is_empty());
+    // Handlers still in flight hold the session; the socket and the slots go now.
+    let _ = session.with_socket(|socket| socket.shutdown(std::net::Shutdown::Both));
+    session.slot.take();
+    debug_assert!(session.out.borrow().settled());
 }
 
-async fn read_loop(
-    session: &Rc<Session>,
-    reader: &mut monoio::io::OwnedReadHalf<TcpStream>,
-    mut buf: Vec<u8>,
-    echo: bool,
-) {
+/// What one read gave.
+enum ReadOutcome {
+    Messages(Vec<Message>, Option<CodecError>),
+    Nothing,
+    Closed,
+}
+
+/// One non-blocking read into the worker's buffer, decoded before the buffer is released.
+fn read_once(session: &Session, decoder: &mut Decoder) -> ReadOutcome {
+    let ws = &session.context.ws;
+    let mut buffer = ws.read_buffer.borrow_mut();
+    if buffer.len() < READ_BUFFER_BYTES {
+        buffer.resize(READ_BUFFER_BYTES, 0);
+    }
+    let read = session.with_socket(|socket| {
+        let mut reader: &socket2::Socket = socket;
+        loop {
+            match reader.read(&mut buffer) {
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    });
+    match read {
+        Ok(0) => ReadOutcome::Closed,
+        Ok(n) => {
+            let mut messages = Vec::new();
+            let error = decode(decoder, buffer.get(..n).unwrap_or_default(), &mut messages).err();
+            ReadOutcome::Messages(messages, error)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => ReadOutcome::Nothing,
+        Err(_) => ReadOutcome::Closed,
+    }
+}
+
+/// Decodes all of `input` (the decoder keeps partial frames), collecting complete messages.
+fn decode(
+    decoder: &mut Decoder,
+    mut input: &[u8],
+    messages: &mut Vec<Message>,
+) -> Result<(), CodecError> {
+    while !input.is_empty() {
+        let (used, message) = decoder.decode(input)?;
+        input = input.get(used..).unwrap_or_default();
+        match message {
+            Some(message) => messages.push(message),
+            None if used == 0 => break,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn read_loop(session: &Rc<Session>, leftover: Vec<u8>, echo: bool) {
     let mut decoder = Decoder::new(session.context.state.config.message_bytes_max);
     let mut closing_since: Option<Instant> = None;
+    let mut pending = {
+        let mut messages = Vec::new();
+        let error = decode(&mut decoder, &leftover, &mut messages).err();
+        Some(ReadOutcome::Messages(messages, error))
+    };
+    drop(leftover);
     loop {
-        // Decode everything already read.
-        let mut position = 0;
-        loop {
-            let pending = buf.get(position..).unwrap_or_default();
-            if pending.is_empty() {
-                break;
-            }
-            match decoder.decode(pending) {
-                Ok((used, message)) => {
-                    position += used;
-                    let Some(message) = message else {
-                        if used == 0 {
-                            break;
-                        }
-                        continue;
-                    };
-                    match message {
-                        Message::Text(bytes) if echo => session.enqueue_data(OpCode::Text, &bytes),
-                        Message::Binary(bytes) if echo => {
-                            session.enqueue_data(OpCode::Binary, &bytes)
-                        }
-                        Message::Text(bytes) | Message::Binary(bytes) => {
-                            if !session.is_closing() {
-                                session.handle_text(bytes).await;
+        if let Some(read) = pending.take() {
+            match read {
+                ReadOutcome::Closed => return,
+                ReadOutcome::Nothing => {}
+                ReadOutcome::Messages(messages, error) => {
+                    for message in messages {
+                        match message {
+                            Message::Text(bytes) if echo => {
+                                session.enqueue_data(OpCode::Text, bytes)
+                            }
+                            Message::Binary(bytes) if echo => {
+                                session.enqueue_data(OpCode::Binary, bytes)
+                            }
+                            Message::Text(bytes) | Message::Binary(bytes) => {
+                                if !session.is_closing() {
+                                    session.accept_message(bytes).await;
+                                }
+                            }
+                            Message::Ping(payload) => {
+                                session.enqueue_control(OpCode::Pong, &payload)
+                            }
+                            Message::Pong(_) => {}
+                            Message::Close(received) => {
+                                // > RFC 6455 §5.5.1: the endpoint MUST send a Close frame in
+                                // > response … typically echoing the status code it received.
+                                let code = received
+                                    .as_ref()
+                                    .map_or(codec::CLOSE_NORMAL, |(code, _)| *code);
+                                session.request_close(code, "");
+                                return;
                             }
                         }
-                        Message::Ping(payload) => session.enqueue_control(OpCode::Pong, &payload),
-                        Message::Pong(_) => {}
-                        Message::Close(received) => {
-                            // > RFC 6455 §5.5.1: the endpoint MUST send a Close frame in response
-                            // > … typically echoing the status code it received.
-                            let code = received
-                                .as_ref()
-                                .map_or(codec::CLOSE_NORMAL, |(code, _)| *code);
-                            session.request_close(code, "");
-                            return;
-                        }
                     }
-                }
-                Err(error) => {
-                    tracing::debug!(
-                        code = error.code,
-                        reason = error.reason,
-                        "websocket protocol error"
-                    );
-                    session.request_close(error.code, error.reason);
-                    return;
+                    if let Some(error) = error {
+                        tracing::debug!(
+                            code = error.code,
+                            reason = error.reason,
+                            "websocket protocol error"
+                        );
+                        session.request_close(error.code, error.reason);
+                        return;
+                    }
                 }
             }
         }
-        buf.drain(..position.min(buf.len()));
         if session.out.borrow().abort {
             return;
         }
@@ -840,19 +1315,12 @@ async fn read_loop(
         if wait.is_zero() {
             return;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
-            buf.reserve(READ_CHUNK_BYTES);
-        }
-        // monoio reads into a `Vec` from index 0: read into the spare capacity after what is held.
-        let filled = buf.len();
-        let owned = std::mem::take(&mut buf).slice_mut(filled..);
         monoio::select! {
-            (result, owned) = reader.read(owned) => {
-                buf = owned.into_inner();
-                match result {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+            ready = session.stream.readable(false) => {
+                if ready.is_err() {
+                    return;
                 }
+                pending = Some(read_once(session, &mut decoder));
             }
             _ = monoio::time::sleep(wait) => {
                 if closing_since.is_some() {
@@ -860,108 +1328,6 @@ async fn read_loop(
                 }
             }
             _ = session.control.wake.notified() => {}
-        }
-    }
-}
-
-async fn write_loop(session: Rc<Session>, mut writer: OwnedWriteHalf<TcpStream>) {
-    loop {
-        let (batch, close, abort, finished) = {
-            let mut out = session.out.borrow_mut();
-            let mut batch = Vec::with_capacity(out.bytes);
-            let mut tags = Vec::new();
-            for (frame, tag) in out.frames.drain(..) {
-                batch.extend_from_slice(&frame);
-                tags.extend(tag);
-            }
-            out.bytes = 0;
-            let taken = (batch, out.close.clone(), out.abort, out.finished);
-            drop(out);
-            session.release_stream_frames(&tags);
-            taken
-        };
-        if abort {
-            return;
-        }
-        if !batch.is_empty() {
-            let written = monoio::select! {
-                result = monoio::time::timeout(WRITE_STALL, writer.write_all(batch)) => matches!(result, Ok((Ok(_), _))),
-                _ = session.abort_wake.notified() => false,
-            };
-            if written {
-                continue;
-            }
-            session.abort();
-            return;
-        }
-        if let Some((code, reason)) = close {
-            let mut frame = Vec::with_capacity(4 + reason.len());
-            codec::encode_close(&mut frame, code, &reason);
-            let _ = monoio::time::timeout(CLOSE_WAIT, writer.write_all(frame)).await;
-            let _ = writer.shutdown().await;
-            session.control.wake.notify();
-            return;
-        }
-        if finished {
-            return;
-        }
-        session.writer_wake.notified().await;
-    }
-}
-
-/// The authentication deadline (drop without a close frame, PROTOCOL.md §6.1), then `tick`
-/// every `heartbeatMs` after each successful connect.
-async fn timer_loop(session: Rc<Session>, opened: Instant) {
-    let config = &session.context.state.config;
-    let deadline = opened + Duration::from_millis(config.auth_deadline_ms);
-    while !session.is_authenticated() {
-        if session.out.borrow().finished {
-            return;
-        }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        if wait.is_zero() {
-            tracing::debug!("authentication deadline passed; dropping connection");
-            session.abort();
-            return;
-        }
-        monoio::select! {
-            _ = monoio::time::sleep(wait) => {}
-            _ = session.timer_wake.notified() => {}
-        }
-    }
-    // One timer per socket for `tick` and the run streams' heartbeats (PROTOCOL.md §14).
-    let heartbeat = Duration::from_millis(config.heartbeat_ms);
-    let mut generation = session.tick_generation.get();
-    let mut next_tick = Instant::now() + heartbeat;
-    let mut next_stream_beat = Instant::now() + STREAM_HEARTBEAT;
-    loop {
-        if session.out.borrow().finished || session.is_closing() {
-            return;
-        }
-        let now = Instant::now();
-        if generation != session.tick_generation.get() {
-            // A new connect restarts the tick period.
-            generation = session.tick_generation.get();
-            next_tick = now + heartbeat;
-        }
-        if now >= next_tick {
-            session.send_event(
-                "tick",
-                &frame::object(vec![("ts", Value::from(crate::clock::now_ms()))]),
-            );
-            next_tick = now + heartbeat;
-        }
-        if session.streams.borrow().is_empty() {
-            // The first heartbeat of a new stream comes a full period after it opened, at most.
-            next_stream_beat = now + STREAM_HEARTBEAT;
-        } else if now >= next_stream_beat {
-            session.send_stream_heartbeats();
-            next_stream_beat = now + STREAM_HEARTBEAT;
-        }
-        let wake_at = next_tick.min(next_stream_beat);
-        monoio::select! {
-            _ = monoio::time::sleep(wake_at.saturating_duration_since(now)) => {}
-            _ = session.timer_wake.notified() => {}
         }
     }
 }

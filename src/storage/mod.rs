@@ -10,7 +10,10 @@ pub mod queries;
 pub mod thread;
 pub use thread::open;
 
+use crate::metrics::LatencyHistogram;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Run statuses the store accepts (DATA.md §3).
 pub const RUN_STATUSES: &[&str] = &[
@@ -374,35 +377,50 @@ impl StorageOptions {
 #[derive(Clone, Debug)]
 pub struct StorageHandle {
     sender: flume::Sender<Command>,
+    /// Round trips of `call` and `call_blocking`: queueing, execution and commit (/metrics).
+    latency: Arc<LatencyHistogram>,
 }
 
 impl StorageHandle {
     pub fn new(sender: flume::Sender<Command>) -> StorageHandle {
-        StorageHandle { sender }
+        StorageHandle {
+            sender,
+            latency: Arc::new(LatencyHistogram::default()),
+        }
+    }
+
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     /// Sends a command built around a fresh reply channel and awaits the reply.
     pub async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Command) -> StorageResult<T> {
+        let started = Instant::now();
         let (reply, receiver) = flume::bounded(1);
         self.sender
             .send_async(build(reply))
             .await
             .map_err(|_| StorageError::Unavailable("storage thread stopped".into()))?;
-        receiver
+        let result = receiver
             .recv_async()
             .await
-            .map_err(|_| StorageError::Unavailable("storage thread dropped a reply".into()))?
+            .map_err(|_| StorageError::Unavailable("storage thread dropped a reply".into()))?;
+        self.latency.record(started.elapsed());
+        result
     }
 
     /// The same from a plain thread (the engine); blocks.
     pub fn call_blocking<T>(&self, build: impl FnOnce(Reply<T>) -> Command) -> StorageResult<T> {
+        let started = Instant::now();
         let (reply, receiver) = flume::bounded(1);
         self.sender
             .send(build(reply))
             .map_err(|_| StorageError::Unavailable("storage thread stopped".into()))?;
-        receiver
+        let result = receiver
             .recv()
-            .map_err(|_| StorageError::Unavailable("storage thread dropped a reply".into()))?
+            .map_err(|_| StorageError::Unavailable("storage thread dropped a reply".into()))?;
+        self.latency.record(started.elapsed());
+        result
     }
 
     /// Sends without waiting for the reply (the caller keeps the receiver).
