@@ -24,7 +24,7 @@ use super::snapshot::{build, empty, FrameSource, Snapshot, SnapshotError};
 use crate::storage::{Command, StorageHandle};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// > a fresh snapshot … after 49 consecutive deltas — snapshot, 49 deltas, snapshot, …
 pub const DELTAS_BETWEEN_SNAPSHOTS_MAX: u32 = 49;
@@ -107,7 +107,6 @@ pub enum Outcome {
     },
     Delta {
         frame_no: i64,
-        base: Arc<Built>,
         result: Result<Arc<[u8]>, String>,
     },
 }
@@ -133,7 +132,6 @@ impl Work {
             } => Outcome::Delta {
                 frame_no,
                 result: build_delta(&base, &target).map_err(|e| e.to_string()),
-                base,
             },
             Work::Snapshot {
                 frame_no,
@@ -194,9 +192,10 @@ enum DeltaSlot {
     Building {
         owner: u64,
     },
-    /// Built against `base`; a stream whose last snapshot is another value cannot use it.
+    /// Built from frame k−1's snapshot. Any stream at k−1 holds an equal snapshot: a frame never
+    /// changes once committed, and a rewind drops the entries after its target and makes every
+    /// stream of the run send a snapshot next, so no stream holds a discarded frame as its base.
     Ready {
-        base: Weak<Built>,
         event: Arc<[u8]>,
     },
 }
@@ -602,15 +601,10 @@ impl DevToolsHub {
                             } else {
                                 let slot = run.frames.entry(frame_no).or_default();
                                 match &slot.delta {
-                                    DeltaSlot::Ready {
-                                        base: delta_base,
-                                        event,
-                                    } => {
-                                        let same_base =
-                                            std::ptr::eq(delta_base.as_ptr(), Arc::as_ptr(base));
+                                    DeltaSlot::Ready { event } => {
                                         // > the serialized delta event is ≥ the serialized
                                         // > snapshot event in bytes → the snapshot instead
-                                        if !same_base || event.len() >= target.event.len() {
+                                        if event.len() >= target.event.len() {
                                             emit_snapshot(&mut stream.phase, target)
                                         } else {
                                             let event = event.clone();
@@ -656,48 +650,46 @@ impl DevToolsHub {
         let Some(run) = runs.get_mut(&run_id) else {
             return;
         };
+        // A result lands only where its mark still is: a rewind may have dropped the slot (the
+        // work read a discarded frame), and then the result is stale.
         let failure = match outcome {
             Outcome::Snapshot { frame_no, result } => {
-                let slot = run.frames.entry(frame_no).or_default();
-                match result {
-                    Ok(Some(built)) => {
+                let slot = run.frames.get_mut(&frame_no).filter(|slot| {
+                    matches!(slot.snapshot, SnapshotSlot::Building { owner, .. } if owner == key)
+                });
+                match (slot, result) {
+                    (None, result) => result.err(),
+                    (Some(slot), Ok(Some(built))) => {
                         self.snapshots_built.fetch_add(1, Ordering::Relaxed);
                         slot.snapshot = SnapshotSlot::Built(built);
                         None
                     }
-                    Ok(None) => {
+                    (Some(slot), Ok(None)) => {
                         slot.snapshot = SnapshotSlot::Missing;
                         None
                     }
-                    Err(message) => {
-                        if let SnapshotSlot::Building { owner, source } = &mut slot.snapshot {
-                            if *owner == key {
-                                slot.snapshot = match source.take() {
-                                    Some(source) => SnapshotSlot::Source(source),
-                                    None => SnapshotSlot::Unknown,
-                                };
-                            }
-                        }
+                    (Some(slot), Err(message)) => {
+                        let source = match std::mem::take(&mut slot.snapshot) {
+                            SnapshotSlot::Building { source, .. } => source,
+                            _ => None,
+                        };
+                        slot.snapshot = source.map_or(SnapshotSlot::Unknown, SnapshotSlot::Source);
                         Some(message)
                     }
                 }
             }
-            Outcome::Delta {
-                frame_no,
-                base,
-                result,
-            } => {
-                let slot = run.frames.entry(frame_no).or_default();
-                match result {
-                    Ok(event) => {
+            Outcome::Delta { frame_no, result } => {
+                let slot = run.frames.get_mut(&frame_no).filter(
+                    |slot| matches!(slot.delta, DeltaSlot::Building { owner } if owner == key),
+                );
+                match (slot, result) {
+                    (None, result) => result.err(),
+                    (Some(slot), Ok(event)) => {
                         self.deltas_built.fetch_add(1, Ordering::Relaxed);
-                        slot.delta = DeltaSlot::Ready {
-                            base: Arc::downgrade(&base),
-                            event,
-                        };
+                        slot.delta = DeltaSlot::Ready { event };
                         None
                     }
-                    Err(message) => {
+                    (Some(slot), Err(message)) => {
                         slot.delta = DeltaSlot::None;
                         Some(message)
                     }
@@ -1093,6 +1085,46 @@ mod tests {
             Some((EventKind::Delta, 5))
         );
         assert_eq!(replay(&client), fresh(&storage, 5));
+    }
+
+    // Goal: work that read a frame a rewind then discarded does not land in the cache: the new
+    // frame with that number is read again and the client ends with it.
+    #[test]
+    fn stale_work_after_a_rewind_is_discarded() {
+        let hub = DevToolsHub::default();
+        let mut storage = HashMap::new();
+        commit(&hub, &mut storage, 1, false);
+        let mut client = open(&hub, None, 1);
+        drive(&hub, &mut client, &storage);
+        commit(&hub, &mut storage, 2, false);
+        let Step::Work(work) = hub.poll(client.key) else {
+            panic!("builds frame 2")
+        };
+        let stale = Outcome::Snapshot {
+            frame_no: 2,
+            result: Ok(Some(build_snapshot(&storage[&2]).unwrap())),
+        };
+        drop(work);
+        // Rewind to 1, then a different frame 2 is committed.
+        hub.rewound("r", 1);
+        storage.insert(2, source(2, 6));
+        hub.frames_committed(vec![CommittedFrame {
+            run_id: "r".into(),
+            frame_no: 2,
+            source: None,
+        }]);
+        hub.complete(client.key, stale);
+        assert_eq!(
+            hub.snapshots_built(),
+            1,
+            "the stale build is not counted or kept"
+        );
+        drive(&hub, &mut client, &storage);
+        assert_eq!(
+            kinds(&client),
+            [(EventKind::Snapshot, 1), (EventKind::Snapshot, 2)]
+        );
+        assert_eq!(replay(&client), fresh(&storage, 2));
     }
 
     // Goal: a stream that goes away while it builds releases its marks, so the other stream does
