@@ -91,7 +91,7 @@ pub struct FrameSource {
     pub tree: Value,
     /// `[{nodeId, ordinal, iteration, kind, agent?, maxAttempts?, state, attempt}]`.
     pub task_index: Value,
-    /// Attempts of the run with metadata, started no later than the frame.
+    /// Attempts of the run that recorded an agent, started no later than the frame.
     pub attempts: Vec<AttemptMeta>,
 }
 
@@ -104,6 +104,23 @@ pub enum SnapshotError {
         frame_no: i64,
         reason: &'static str,
     },
+}
+
+/// An attempt's metadata when it records an agent (`agentEngine`, `agentModel`, `agentId`,
+/// `prompt`), the only keys a snapshot reads; other metadata (waits, timers) is not parsed.
+pub fn agent_meta(meta_json: &str) -> Option<Value> {
+    let mentions_agent = [
+        "\"agentEngine\"",
+        "\"agentModel\"",
+        "\"agentId\"",
+        "\"prompt\"",
+    ]
+    .iter()
+    .any(|key| meta_json.contains(key));
+    if !mentions_agent {
+        return None;
+    }
+    simd_json::to_owned_value(&mut meta_json.as_bytes().to_vec()).ok()
 }
 
 impl FrameSource {
@@ -126,7 +143,7 @@ impl FrameSource {
             .iter()
             .filter(|attempt| attempt.started_at_ms <= frame.created_at_ms)
             .filter_map(|attempt| {
-                let meta = parse(attempt.meta_json.as_deref()?).ok()?;
+                let meta = agent_meta(attempt.meta_json.as_deref()?)?;
                 Some(AttemptMeta {
                     node_id: attempt.node_id.clone(),
                     iteration: attempt.iteration,

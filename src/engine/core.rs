@@ -15,7 +15,7 @@ use super::workflow::{
     NodeDef, NodeKind, OnDeny, OnTimeout, Registry, TaskBody, TimerDef, WorkflowDef,
 };
 use crate::devtools::hub::{CommittedFrame, DevToolsHub};
-use crate::devtools::snapshot::{AttemptMeta, FrameSource};
+use crate::devtools::snapshot::{agent_meta, AttemptMeta, FrameSource};
 use crate::error::{ErrorCode, RpcError};
 use crate::events::hub::Hub;
 use crate::rpc::frame::{object, write_value};
@@ -1330,7 +1330,7 @@ impl Engine {
         let created_at_ms = crate::clock::now_ms() as i64;
         let task_index_json = to_json(&frame.task_index);
         // A watched run's frame goes to DevTools as rendered, so its streams never read it back
-        // from storage. Attempts with metadata started by now, as a snapshot of it reads them.
+        // from storage; with it the attempts that recorded an agent (all started by now).
         let source = self.options.devtools.is_watched(run_id).then(|| {
             let attempts = run
                 .attempts
@@ -1341,7 +1341,7 @@ impl Engine {
                         iteration: attempt.iteration,
                         attempt: attempt.attempt,
                         started_at_ms: attempt.started_at_ms,
-                        meta: parse_json(attempt.meta_json.as_deref()?),
+                        meta: agent_meta(attempt.meta_json.as_deref()?)?,
                     })
                 })
                 .collect();

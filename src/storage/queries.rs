@@ -1288,6 +1288,92 @@ mod tests {
         assert_eq!(load_run_state(&conn, "r").unwrap().last_frame_no, 2);
     }
 
+    // Goal: the DevTools reads: the latest frame (None for an unknown run, 0 without frames), a
+    // frame with the attempts that started by its time and carry metadata, and one node's rows.
+    #[test]
+    fn devtools_reads() {
+        let conn = db();
+        assert_eq!(latest_frame(&conn, "r").unwrap(), None);
+        insert_run(&conn, &run_row("r", 1)).unwrap();
+        assert_eq!(latest_frame(&conn, "r").unwrap(), Some(0));
+        let frame = FrameRow {
+            run_id: "r".into(),
+            frame_no: 1,
+            created_at_ms: 10,
+            xml_json: "{}".into(),
+            xml_hash: "h".into(),
+            task_index_json: "[]".into(),
+        };
+        insert_frame(&conn, &frame).unwrap();
+        insert_frame(
+            &conn,
+            &FrameRow {
+                frame_no: 4,
+                ..frame.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(latest_frame(&conn, "r").unwrap(), Some(4));
+        let attempt =
+            |node_id: &str, iteration: i64, number: i64, started: i64, meta: Option<&str>| {
+                AttemptRow {
+                    run_id: "r".into(),
+                    node_id: node_id.into(),
+                    iteration,
+                    attempt: number,
+                    state: "finished".into(),
+                    started_at_ms: started,
+                    finished_at_ms: None,
+                    heartbeat_at_ms: None,
+                    heartbeat_data_json: None,
+                    error_json: None,
+                    meta_json: meta.map(str::to_string),
+                    exit_code: None,
+                }
+            };
+        put_attempt(&conn, &attempt("n", 0, 1, 5, Some(r#"{"agentId":"a"}"#))).unwrap();
+        put_attempt(&conn, &attempt("n", 0, 2, 11, Some(r#"{"agentId":"b"}"#))).unwrap();
+        put_attempt(&conn, &attempt("m", 0, 1, 6, None)).unwrap();
+        put_attempt(&conn, &attempt("n", 1, 1, 7, None)).unwrap();
+        let (read, attempts) = get_frame_source(&conn, "r", 1).unwrap().unwrap();
+        assert_eq!(read, frame);
+        assert_eq!(
+            attempts,
+            vec![attempt("n", 0, 1, 5, Some(r#"{"agentId":"a"}"#))]
+        );
+        assert_eq!(get_frame_source(&conn, "r", 2).unwrap(), None);
+
+        put_node(&conn, &node("r", "n", 1, "finished")).unwrap();
+        put_node(&conn, &node("r", "n", 0, "failed")).unwrap();
+        put_node(&conn, &node("r", "m", 0, "finished")).unwrap();
+        put_output(
+            &conn,
+            &OutputRow {
+                run_id: "r".into(),
+                node_id: "n".into(),
+                iteration: 1,
+                payload_json: "{}".into(),
+                created_at_ms: 9,
+            },
+        )
+        .unwrap();
+        let records = load_node_records(&conn, "r", "n").unwrap();
+        assert_eq!(records.run.map(|run| run.run_id), Some("r".to_string()));
+        let iterations: Vec<i64> = records.nodes.iter().map(|n| n.iteration).collect();
+        assert_eq!(iterations, [0, 1]);
+        let attempts: Vec<(i64, i64)> = records
+            .attempts
+            .iter()
+            .map(|a| (a.iteration, a.attempt))
+            .collect();
+        assert_eq!(attempts, [(0, 1), (0, 2), (1, 1)]);
+        assert_eq!(records.outputs.len(), 1);
+        assert_eq!(
+            load_node_records(&conn, "ghost", "n").unwrap(),
+            NodeRecords::default()
+        );
+    }
+
     #[test]
     fn signal_and_event_seqs_are_contiguous_per_run() {
         let conn = db();
