@@ -355,12 +355,12 @@ impl Session {
             }
         }
         let seq = self.next_seq();
-        let mut prefix = Vec::with_capacity(64);
-        frame::encode_event_head(&mut prefix, seq, broadcast.state_version);
+        let mut head = [0u8; frame::EVENT_HEAD_MAX];
+        let head_len = frame::event_head(seq, broadcast.state_version, &mut head);
         self.count_event();
         self.enqueue(OutFrame::data(
             OpCode::Text,
-            &prefix,
+            head.get(..head_len).unwrap_or_default(),
             Body::Shared(broadcast.body.clone()),
             &[],
             None,
