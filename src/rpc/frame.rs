@@ -303,18 +303,51 @@ pub fn encode_event_body(event: &str, payload: &Value) -> Vec<u8> {
     out
 }
 
-/// The per-connection part of an event frame: `{"type":"event","seq":N,"stateVersion":M,`.
-/// Appended to `out`; together with an event body it forms one JSON object.
-pub fn encode_event_head(out: &mut Vec<u8>, seq: u64, state_version: u64) {
-    out.extend_from_slice(br#"{"type":"event","seq":"#);
-    out.extend_from_slice(itoa_u64(seq).as_bytes());
-    out.extend_from_slice(br#","stateVersion":"#);
-    out.extend_from_slice(itoa_u64(state_version).as_bytes());
-    out.push(b',');
+/// Longest event head: `{"type":"event","seq":` (21) + 20 digits + `,"stateVersion":` (16) + 20
+/// digits + `,`.
+pub const EVENT_HEAD_MAX: usize = 80;
+
+/// The per-connection part of an event frame: `{"type":"event","seq":N,"stateVersion":M,`,
+/// written into a stack buffer (it is built once per recipient, so it allocates nothing).
+/// Returns its length; together with an event body it forms one JSON object.
+pub fn event_head(seq: u64, state_version: u64, out: &mut [u8; EVENT_HEAD_MAX]) -> usize {
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        if let Some(slot) = out.get_mut(at..at + bytes.len()) {
+            slot.copy_from_slice(bytes);
+        }
+        at += bytes.len();
+    };
+    let mut digits = [0u8; 20];
+    put(br#"{"type":"event","seq":"#);
+    put(decimal(seq, &mut digits));
+    put(br#","stateVersion":"#);
+    put(decimal(state_version, &mut digits));
+    put(b",");
+    debug_assert!(at <= EVENT_HEAD_MAX);
+    at
 }
 
-fn itoa_u64(value: u64) -> String {
-    value.to_string()
+/// The same head appended to `out`.
+pub fn encode_event_head(out: &mut Vec<u8>, seq: u64, state_version: u64) {
+    let mut head = [0u8; EVENT_HEAD_MAX];
+    let len = event_head(seq, state_version, &mut head);
+    out.extend_from_slice(head.get(..len).unwrap_or_default());
+}
+
+/// `value` in decimal, in the tail of `digits`.
+fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(digit) = digits.get_mut(start) {
+            *digit = b'0' + (value % 10) as u8;
+        }
+        value /= 10;
+        if value == 0 {
+            return digits.get(start..).unwrap_or_default();
+        }
+    }
 }
 
 /// Builds an object value from key/value pairs, in order.
@@ -609,6 +642,12 @@ mod tests {
         );
         let mut event = Vec::new();
         encode_event_head(&mut event, 7, 42);
+        let mut head = [0u8; EVENT_HEAD_MAX];
+        let len = event_head(u64::MAX, 0, &mut head);
+        assert_eq!(
+            head.get(..len).unwrap_or_default(),
+            br#"{"type":"event","seq":18446744073709551615,"stateVersion":0,"#
+        );
         event.extend_from_slice(&encode_event_body(
             "tick",
             &object(vec![("ts", Value::from(5u64))]),

@@ -5,7 +5,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::worker::{ConnControl, WorkerContext};
-use super::ws_session;
 use super::Service;
 use crate::auth::{AuthError, REFRESH_HINT};
 use crate::error::{ErrorCode, RpcError};
@@ -93,7 +92,7 @@ pub async fn serve(
     peer: std::net::SocketAddr,
     context: Rc<WorkerContext>,
     control: Rc<ConnControl>,
-) {
+) -> Option<Upgraded> {
     let state = context.state.clone();
     let config = &state.config;
     let limits = head_limits(&state);
@@ -123,7 +122,7 @@ pub async fn serve(
                         write_timeout,
                     )
                     .await;
-                    return;
+                    return None;
                 }
             }
             let deadline = match started {
@@ -142,9 +141,9 @@ pub async fn serve(
                         write_timeout,
                     )
                     .await;
-                    return;
+                    return None;
                 }
-                _ => return,
+                _ => return None,
             }
         };
         first_request = false;
@@ -154,8 +153,8 @@ pub async fn serve(
 
         if handshake::is_upgrade_request(&head) {
             let leftover = buf.split_off(head_bytes.min(buf.len()));
-            upgrade(stream, peer, head, leftover, context, control).await;
-            return;
+            drop(buf);
+            return upgrade(stream, peer, head, leftover, &context).await;
         }
 
         let routed = route(head.method, &head.target);
@@ -167,14 +166,14 @@ pub async fn serve(
                     let response = oversized_body(&state, &head, &routed);
                     let _ =
                         write_all(&mut stream, response.encode(false, false), write_timeout).await;
-                    return;
+                    return None;
                 }
                 let end = head_bytes + length as usize;
                 if head.expect_continue
                     && buf.len() < end
                     && !write_all(&mut stream, CONTINUE.to_vec(), write_timeout).await
                 {
-                    return;
+                    return None;
                 }
                 while buf.len() < end {
                     match read_more(&mut stream, &mut buf, request_deadline, &control).await {
@@ -186,9 +185,9 @@ pub async fn serve(
                                 write_timeout,
                             )
                             .await;
-                            return;
+                            return None;
                         }
-                        _ => return,
+                        _ => return None,
                     }
                 }
                 (
@@ -202,7 +201,7 @@ pub async fn serve(
                 if head.expect_continue
                     && !write_all(&mut stream, CONTINUE.to_vec(), write_timeout).await
                 {
-                    return;
+                    return None;
                 }
                 let mut decoder = ChunkedDecoder::new(config.body_bytes_max);
                 let mut body = Vec::new();
@@ -224,7 +223,7 @@ pub async fn serve(
                                 write_timeout,
                             )
                             .await;
-                            return;
+                            return None;
                         }
                     }
                     match read_more(&mut stream, &mut buf, request_deadline, &control).await {
@@ -236,9 +235,9 @@ pub async fn serve(
                                 write_timeout,
                             )
                             .await;
-                            return;
+                            return None;
                         }
-                        _ => return,
+                        _ => return None,
                     }
                 }
             }
@@ -255,7 +254,7 @@ pub async fn serve(
         .await
             || !keep_alive
         {
-            return;
+            return None;
         }
         buf.drain(..consumed.min(buf.len()));
         if buf.capacity() > 4 * READ_CHUNK_BYTES && buf.len() < READ_CHUNK_BYTES {
@@ -432,15 +431,25 @@ async fn http_rpc(
     }
 }
 
+/// A socket that completed the WebSocket handshake, with what its session needs.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    /// The upgrade request's headers that authentication may read.
+    pub headers: Vec<(String, String)>,
+    /// Bytes read after the upgrade head.
+    pub leftover: Vec<u8>,
+    pub slot: Option<Slot>,
+}
+
 /// The WebSocket upgrade (PROTOCOL.md §5.1): pool limits, then the gates, then the handshake.
+/// Returns the upgraded socket; the HTTP buffers are gone by the time its session runs.
 async fn upgrade(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     head: RequestHead,
     leftover: Vec<u8>,
-    context: Rc<WorkerContext>,
-    control: Rc<ConnControl>,
-) {
+    context: &WorkerContext,
+) -> Option<Upgraded> {
     let state = context.state.clone();
     let config = &state.config;
     let write_timeout = Duration::from_millis(config.request_timeout_ms);
@@ -455,7 +464,7 @@ async fn upgrade(
     if head.path() == "/v1/pty/hijack" {
         let bytes = refuse(501, "Terminal hand-off is not supported by this gateway\n");
         let _ = write_all(&mut stream, bytes, write_timeout).await;
-        return;
+        return None;
     }
     let counters = &state.counters;
     let slot = if context.service == Service::Echo {
@@ -471,12 +480,12 @@ async fn upgrade(
         let Some(slot) = slot else {
             let bytes = refuse(503, "Gateway connection limit reached\n");
             let _ = write_all(&mut stream, bytes, write_timeout).await;
-            return;
+            return None;
         };
         if state.authenticator.check_gates(&head, None).is_err() {
             let bytes = refuse(403, "Origin or host is not allowed\n");
             let _ = write_all(&mut stream, bytes, write_timeout).await;
-            return;
+            return None;
         }
         Some(slot)
     };
@@ -485,7 +494,7 @@ async fn upgrade(
         Err(error) => {
             let bytes = refuse(error.status(), &format!("{error}\n"));
             let _ = write_all(&mut stream, bytes, write_timeout).await;
-            return;
+            return None;
         }
     };
     if !write_all(
@@ -495,7 +504,7 @@ async fn upgrade(
     )
     .await
     {
-        return;
+        return None;
     }
     counters.ws_upgrades.fetch_add(1, Ordering::Relaxed);
     let mut kept = Vec::new();
@@ -513,5 +522,10 @@ async fn upgrade(
             }
         }
     }
-    ws_session::run(stream, kept, leftover, context, control, slot).await;
+    Some(Upgraded {
+        stream,
+        headers: kept,
+        leftover,
+        slot,
+    })
 }

@@ -8,7 +8,7 @@
 mod http_conn;
 pub use http_conn::auth_rpc_error;
 pub mod notify;
-mod outbound;
+pub mod outbound;
 mod worker;
 mod ws_session;
 

@@ -115,6 +115,10 @@ impl OutFrame {
         self.head.as_slice().len() + self.body.as_slice().len() + self.tail.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn parts(&self) -> [&[u8]; 3] {
         [self.head.as_slice(), self.body.as_slice(), self.tail]
     }

@@ -204,11 +204,26 @@ fn accept(context: &Rc<WorkerContext>, stream: monoio::net::TcpStream, peer: std
     set_send_buffer(&stream, state.config.socket_send_buffer_bytes);
     let (id, control) = context.register();
     let context = context.clone();
-    monoio::spawn(async move {
-        http_conn::serve(stream, peer, context.clone(), control).await;
+    let task = async move {
+        // Boxed, so the HTTP state is freed at the upgrade and the task keeps only the session.
+        let upgraded = Box::pin(http_conn::serve(
+            stream,
+            peer,
+            context.clone(),
+            control.clone(),
+        ))
+        .await;
+        if let Some(upgraded) = upgraded {
+            if let Some((session, decoder, first)) = ws_session::open(upgraded, &context, &control)
+            {
+                drop(control);
+                ws_session::serve(session, decoder, first).await;
+            }
+        }
         context.unregister(id);
         drop(slot);
-    });
+    };
+    monoio::spawn(task);
 }
 
 /// Bounds the kernel send buffer so a slow reader shows up in our own queue quickly.

@@ -25,7 +25,7 @@
 //! written to its socket.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::http_conn::auth_rpc_error;
+use super::http_conn::{auth_rpc_error, Upgraded};
 use super::notify::Notify;
 use super::outbound::{Body, OutFrame, OutQueue};
 use super::worker::{ConnControl, StopReason, WorkerContext};
@@ -388,12 +388,12 @@ impl Session {
             }
         }
         let seq = self.next_seq();
-        let mut prefix = Vec::with_capacity(64);
-        frame::encode_event_head(&mut prefix, seq, broadcast.state_version);
+        let mut head = [0u8; frame::EVENT_HEAD_MAX];
+        let head_len = frame::event_head(seq, broadcast.state_version, &mut head);
         self.count_event();
         self.enqueue(OutFrame::data(
             OpCode::Text,
-            &prefix,
+            head.get(..head_len).unwrap_or_default(),
             Body::Shared(broadcast.body.clone()),
             &[],
             None,
@@ -1412,17 +1412,21 @@ async fn drain(session: Rc<Session>) {
     }
 }
 
-/// Runs the session until the connection ends. `leftover` holds bytes read after the upgrade head.
-pub async fn run(
-    stream: TcpStream,
-    headers: Vec<(String, String)>,
-    leftover: Vec<u8>,
-    context: Rc<WorkerContext>,
-    control: Rc<ConnControl>,
-    pre_auth_slot: Option<Slot>,
-) {
+/// Opens the session of an upgraded socket. Not async: nothing of the HTTP phase stays in the
+/// connection's task. Returns the session and the messages already read after the upgrade head.
+pub fn open(
+    upgraded: Upgraded,
+    context: &Rc<WorkerContext>,
+    control: &Rc<ConnControl>,
+) -> Option<(Rc<Session>, Decoder, ReadOutcome)> {
+    let Upgraded {
+        stream,
+        headers,
+        leftover,
+        slot,
+    } = upgraded;
     let echo = context.service == Service::Echo;
-    debug_assert!(echo || pre_auth_slot.as_ref().map(Slot::kind) == Some(SlotKind::PreAuth));
+    debug_assert!(echo || slot.as_ref().map(Slot::kind) == Some(SlotKind::PreAuth));
     let session = Rc::new_cyclic(|me| Session {
         me: me.clone(),
         context: context.clone(),
@@ -1430,7 +1434,7 @@ pub async fn run(
         stream,
         headers,
         principal: RefCell::new(None),
-        slot: RefCell::new(pre_auth_slot),
+        slot: RefCell::new(slot),
         subscribe: RefCell::new(None),
         seq: Cell::new(0),
         out: RefCell::new(Outbound::default()),
@@ -1448,7 +1452,7 @@ pub async fn run(
     // From here on the session does its own non-blocking reads and writes after readiness.
     if let Err(error) = session.with_socket(|socket| socket.set_nonblocking(true)) {
         tracing::debug!(%error, "socket could not be made non-blocking");
-        return;
+        return None;
     }
     if !echo {
         let weak = Rc::downgrade(&session);
@@ -1465,7 +1469,15 @@ pub async fn run(
             ]),
         );
     }
-    read_loop(&session, leftover, echo).await;
+    let mut decoder = Decoder::new(context.state.config.message_bytes_max);
+    let mut messages = Vec::new();
+    let error = decode(&mut decoder, &leftover, &mut messages).err();
+    Some((session, decoder, ReadOutcome::Messages(messages, error)))
+}
+
+/// Runs an opened session until the connection ends.
+pub async fn serve(session: Rc<Session>, decoder: Decoder, first: ReadOutcome) {
+    read_loop(&session, decoder, first).await;
     session.finish();
     // The queue leaves on its own once finished; a peer that stopped reading cannot hold it.
     let deadline = Instant::now() + CLOSE_WAIT;
@@ -1477,7 +1489,7 @@ pub async fn run(
         }
         monoio::select! {
             _ = session.drained.notified() => {}
-            _ = monoio::time::sleep(wait) => {}
+            _ = Box::pin(monoio::time::sleep(wait)) => {}
         }
     }
     // Handlers still in flight hold the session; the socket and the slots go now.
@@ -1487,7 +1499,7 @@ pub async fn run(
 }
 
 /// What one read gave.
-enum ReadOutcome {
+pub enum ReadOutcome {
     Messages(Vec<Message>, Option<CodecError>),
     Nothing,
     Closed,
@@ -1539,15 +1551,10 @@ fn decode(
     Ok(())
 }
 
-async fn read_loop(session: &Rc<Session>, leftover: Vec<u8>, echo: bool) {
-    let mut decoder = Decoder::new(session.context.state.config.message_bytes_max);
+async fn read_loop(session: &Rc<Session>, mut decoder: Decoder, first: ReadOutcome) {
+    let echo = session.context.service == Service::Echo;
     let mut closing_since: Option<Instant> = None;
-    let mut pending = {
-        let mut messages = Vec::new();
-        let error = decode(&mut decoder, &leftover, &mut messages).err();
-        Some(ReadOutcome::Messages(messages, error))
-    };
-    drop(leftover);
+    let mut pending = Some(first);
     loop {
         if let Some(read) = pending.take() {
             match read {
@@ -1564,7 +1571,8 @@ async fn read_loop(session: &Rc<Session>, leftover: Vec<u8>, echo: bool) {
                             }
                             Message::Text(bytes) | Message::Binary(bytes) => {
                                 if !session.is_closing() {
-                                    session.accept_message(bytes).await;
+                                    // Boxed: the reader's own future stays small while idle.
+                                    Box::pin(session.accept_message(bytes)).await;
                                 }
                             }
                             Message::Ping(payload) => {
@@ -1606,13 +1614,15 @@ async fn read_loop(session: &Rc<Session>, leftover: Vec<u8>, echo: bool) {
                 closing_since = Some(Instant::now());
             }
         }
-        let wait = match closing_since {
-            Some(since) => CLOSE_WAIT.saturating_sub(since.elapsed()),
-            None => Duration::from_secs(3600),
-        };
+        let wait = closing_since.map_or(CLOSE_WAIT, |since| {
+            CLOSE_WAIT.saturating_sub(since.elapsed())
+        });
         if wait.is_zero() {
             return;
         }
+        // An idle socket waits without a timer: the close wait's timer (boxed, so it takes no
+        // room in this future while idle) exists only once the socket is closing.
+        let mut close_wait = closing_since.map(|_| Box::pin(monoio::time::sleep(wait)));
         monoio::select! {
             ready = session.stream.readable(false) => {
                 if ready.is_err() {
@@ -1620,11 +1630,12 @@ async fn read_loop(session: &Rc<Session>, leftover: Vec<u8>, echo: bool) {
                 }
                 pending = Some(read_once(session, &mut decoder));
             }
-            _ = monoio::time::sleep(wait) => {
-                if closing_since.is_some() {
-                    return;
+            _ = async {
+                match close_wait.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
                 }
-            }
+            } => return,
             _ = session.control.wake.notified() => {}
         }
     }
