@@ -5,15 +5,13 @@
 //! Pure: no IO, no clock. The same frame gives the same snapshot and the same bytes, which is
 //! what lets a snapshot be built once per (run, frame) and shared by every subscriber.
 //!
-//! Node ids come from `engine::render` (`assign_ids`, `fragment`, `child_path`), the functions
-//! the renderer's own tests pin, so there is one implementation of EVENTS.md §4.3.
+//! Node ids come from `engine::render::walk_ids`, the walk behind `assign_ids` that the renderer's
+//! own tests pin, so there is one implementation of EVENTS.md §4.3; the snapshot is built in the
+//! same pass.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::json::{props_of, sanitize, write_i64, write_str, Budget, Json};
-use crate::engine::render::{
-    assign_ids, child_path, fragment, is_element, max_depth_marker_path, node_dom_id,
-    DEVTOOLS_DEPTH_MAX,
-};
+use crate::engine::render::{is_element, walk_ids, IdTarget};
 use crate::rpc::Value;
 use crate::storage::{AttemptRow, FrameRow};
 use simd_json::prelude::*;
@@ -205,22 +203,37 @@ pub fn node_type(tag: &str) -> &'static str {
 
 /// Builds the snapshot of a frame (EVENTS.md §4.2).
 pub fn build(source: &FrameSource) -> Result<Snapshot, SnapshotError> {
+    let malformed = || SnapshotError::MalformedFrame {
+        run_id: source.run_id.clone(),
+        frame_no: source.frame_no,
+        reason: "the tree's root is not an element",
+    };
     if !is_element(&source.tree) {
-        return Err(SnapshotError::MalformedFrame {
-            run_id: source.run_id.clone(),
-            frame_no: source.frame_no,
-            reason: "the tree's root is not an element",
-        });
+        return Err(malformed());
     }
-    // Ids are assigned in EVENTS.md §4.3's order (which decides collisions); the tree is then
-    // built depth-first and looks each node's id up by its path, which is unique in a tree.
-    let ids: HashMap<String, u32> = assign_ids(&source.tree).into_iter().collect();
     let context = Context {
-        ids,
         task_index: task_index_by_node(&source.task_index),
         source,
     };
-    let root = context.node(&source.tree, fragment(&source.tree), 0);
+    // Nodes are made as `walk_ids` assigns their ids (EVENTS.md §4.3 order, which decides
+    // collisions) into an arena, each remembering its children, then assembled into a tree.
+    let mut arena: Vec<Option<(Node, Vec<usize>)>> = Vec::new();
+    walk_ids(
+        &source.tree,
+        |parent: Option<&usize>, target, _, id, depth| {
+            let node = match target {
+                IdTarget::Element(element) => context.node(element, id, depth),
+                IdTarget::MaxDepth { .. } => max_depth_marker(id, depth),
+            };
+            let index = arena.len();
+            arena.push(Some((node, Vec::new())));
+            if let Some(Some((_, children))) = parent.and_then(|parent| arena.get_mut(*parent)) {
+                children.push(index);
+            }
+            index
+        },
+    );
+    let root = assemble(&mut arena, 0).ok_or_else(malformed)?;
     Ok(Snapshot {
         run_id: source.run_id.clone(),
         frame_no: source.frame_no,
@@ -228,8 +241,31 @@ pub fn build(source: &FrameSource) -> Result<Snapshot, SnapshotError> {
     })
 }
 
+/// Moves node `index` and its subtree out of the arena. Recursion is bounded by the depth cap.
+fn assemble(arena: &mut [Option<(Node, Vec<usize>)>], index: usize) -> Option<Node> {
+    let (mut node, children) = arena.get_mut(index)?.take()?;
+    node.children = children
+        .into_iter()
+        .filter_map(|child| assemble(arena, child))
+        .collect();
+    Some(node)
+}
+
+/// > A child that would sit deeper is replaced by `{type:"unknown", name:"[MaxDepth]",
+/// > props:{value:"[MaxDepth]"}, children:[]}`.
+fn max_depth_marker(id: u32, depth: usize) -> Node {
+    Node {
+        id,
+        node_type: "unknown",
+        name: "[MaxDepth]".into(),
+        props: Json::object(vec![("value".into(), Json::String("[MaxDepth]".into()))]),
+        task: None,
+        children: Vec::new(),
+        depth: depth as u32,
+    }
+}
+
 struct Context<'a> {
-    ids: HashMap<String, u32>,
     task_index: HashMap<&'a str, &'a Value>,
     source: &'a FrameSource,
 }
@@ -246,18 +282,8 @@ fn task_index_by_node(index: &Value) -> HashMap<&str, &Value> {
 }
 
 impl Context<'_> {
-    fn id(&self, path: &str) -> u32 {
-        // Every path built here was assigned by `assign_ids`; hashing again is only a fallback
-        // that keeps a malformed tree from failing.
-        self.ids
-            .get(path)
-            .copied()
-            .unwrap_or_else(|| node_dom_id(path))
-    }
-
-    /// The node of `element` at `depth`. Recursion is bounded: children deeper than
-    /// `DEVTOOLS_DEPTH_MAX` are markers, never expanded.
-    fn node(&self, element: &Value, path: String, depth: usize) -> Node {
+    /// The node of `element` (children are added by `build`).
+    fn node(&self, element: &Value, id: u32, depth: usize) -> Node {
         let tag = element.get("tag").and_then(|t| t.as_str()).unwrap_or("");
         let node_type = node_type(tag);
         let raw_props = element.get("props");
@@ -268,46 +294,12 @@ impl Context<'_> {
             _ => bare_tag,
         };
         let name = if name.is_empty() { "unknown" } else { name };
-        let task = (node_type == "task").then(|| self.task_info(raw_props));
-        let mut children = Vec::new();
-        let mut fragment_counts: HashMap<String, usize> = HashMap::new();
-        let elements = element
-            .get("children")
-            .and_then(|c| c.as_array())
-            .into_iter()
-            .flatten()
-            .filter(|child| is_element(child));
-        for (index, child) in elements.enumerate() {
-            if depth + 1 > DEVTOOLS_DEPTH_MAX {
-                children.push(self.max_depth_marker(&path, index, depth + 1));
-                continue;
-            }
-            let child_fragment = fragment(child);
-            let count = fragment_counts.entry(child_fragment.clone()).or_insert(0);
-            let path = child_path(&path, &child_fragment, *count);
-            *count += 1;
-            children.push(self.node(child, path, depth + 1));
-        }
         Node {
-            id: self.id(&path),
+            id,
             node_type,
             name: name.to_string(),
             props: props_of(raw_props),
-            task,
-            children,
-            depth: depth as u32,
-        }
-    }
-
-    /// > A child that would sit deeper is replaced by `{type:"unknown", name:"[MaxDepth]",
-    /// > props:{value:"[MaxDepth]"}, children:[]}`.
-    fn max_depth_marker(&self, parent_path: &str, index: usize, depth: usize) -> Node {
-        Node {
-            id: self.id(&max_depth_marker_path(parent_path, index)),
-            node_type: "unknown",
-            name: "[MaxDepth]".into(),
-            props: Json::object(vec![("value".into(), Json::String("[MaxDepth]".into()))]),
-            task: None,
+            task: (node_type == "task").then(|| self.task_info(raw_props)),
             children: Vec::new(),
             depth: depth as u32,
         }
@@ -622,7 +614,7 @@ impl Snapshot {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::engine::render::{render, NodeStates, NodeStatus};
+    use crate::engine::render::{assign_ids, node_dom_id, render, NodeStates, NodeStatus};
     use crate::engine::workflow::load_dir;
     use std::path::Path;
 
