@@ -337,8 +337,18 @@ impl RunTrack {
             matches!(slot.snapshot, SnapshotSlot::Building { .. })
                 || matches!(slot.delta, DeltaSlot::Building { .. })
         };
-        self.frames
-            .retain(|frame_no, slot| *frame_no >= keep_from || building(slot));
+        // Entries leave from the front, so this is usually a few pops, not a scan.
+        while let Some(entry) = self.frames.first_entry() {
+            if *entry.key() >= keep_from {
+                break;
+            }
+            if building(entry.get()) {
+                self.frames
+                    .retain(|frame_no, slot| *frame_no >= keep_from || building(slot));
+                break;
+            }
+            entry.remove();
+        }
         while self.frames.len() > cached_max {
             let oldest = self
                 .frames
