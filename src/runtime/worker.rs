@@ -205,20 +205,21 @@ fn accept(context: &Rc<WorkerContext>, stream: monoio::net::TcpStream, peer: std
     let (id, control) = context.register();
     let context = context.clone();
     let task = async move {
-        // Boxed, so the HTTP state is freed at the upgrade and the task keeps only the session.
-        let upgraded = Box::pin(http_conn::serve(
-            stream,
-            peer,
-            context.clone(),
-            control.clone(),
-        ))
-        .await;
-        if let Some(upgraded) = upgraded {
-            if let Some((session, decoder, first)) = ws_session::open(upgraded, &context, &control)
-            {
-                drop(control);
-                ws_session::serve(session, decoder, first).await;
-            }
+        // The HTTP phase is boxed and its result consumed in a block, so none of its state stays
+        // in this task while the WebSocket session runs.
+        let opened = {
+            let upgraded = Box::pin(http_conn::serve(
+                stream,
+                peer,
+                context.clone(),
+                control.clone(),
+            ))
+            .await;
+            upgraded.and_then(|upgraded| ws_session::open(upgraded, &context, &control))
+        };
+        drop(control);
+        if let Some(opened) = opened {
+            ws_session::serve(opened).await;
         }
         context.unregister(id);
         drop(slot);
