@@ -204,17 +204,18 @@ fn accept(context: &Rc<WorkerContext>, stream: monoio::net::TcpStream, peer: std
     set_send_buffer(&stream, state.config.socket_send_buffer_bytes);
     let (id, control) = context.register();
     let context = context.clone();
+    // The HTTP phase is boxed outside the task and its result consumed in a block, so none of
+    // its state (the socket and address it was given included) stays in the task while the
+    // WebSocket session runs.
+    let http = Box::pin(http_conn::serve(
+        stream,
+        peer,
+        context.clone(),
+        control.clone(),
+    ));
     let task = async move {
-        // The HTTP phase is boxed and its result consumed in a block, so none of its state stays
-        // in this task while the WebSocket session runs.
         let opened = {
-            let upgraded = Box::pin(http_conn::serve(
-                stream,
-                peer,
-                context.clone(),
-                control.clone(),
-            ))
-            .await;
+            let upgraded = http.await;
             upgraded.and_then(|upgraded| ws_session::open(upgraded, &context, &control))
         };
         drop(control);
