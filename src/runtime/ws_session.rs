@@ -374,9 +374,7 @@ impl Session {
     }
 
     fn count_event(&self) {
-        let state = &self.context.state;
-        state.counters.events_sent.fetch_add(1, Ordering::Relaxed);
-        state.hub.count_delivery(self.context.index);
+        self.context.state.hub.count_delivery(self.context.index);
     }
 
     /// Queues one frame. Past the byte bound everything not yet started is discarded and the
@@ -555,11 +553,7 @@ impl Session {
         let seq = self.next_seq();
         let mut prefix = Vec::with_capacity(64);
         frame::encode_event_head(&mut prefix, seq, self.context.state.state_version());
-        self.context
-            .state
-            .counters
-            .events_sent
-            .fetch_add(1, Ordering::Relaxed);
+        self.context.state.hub.count_event(self.context.index);
         self.enqueue(OutFrame::data(
             OpCode::Text,
             &prefix,
