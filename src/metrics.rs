@@ -132,7 +132,7 @@ pub fn render(state: &GatewayState) -> String {
         "smithers_gateway_events_sent_total",
         "counter",
         "Event frames queued to sockets.",
-        counters.events_sent.load(Ordering::Relaxed),
+        state.hub.events_sent(),
     );
     series(
         "smithers_gateway_outbound_overflow_closes_total",

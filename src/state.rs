@@ -32,7 +32,6 @@ pub struct Counters {
     pub ws_messages: AtomicU64,
     pub rpc_errors: AtomicU64,
     pub auth_failures: AtomicU64,
-    pub events_sent: AtomicU64,
     pub outbound_overflow_closes: AtomicU64,
     /// Run or DevTools streams torn down with BackpressureDisconnect.
     pub stream_backpressure_cuts: AtomicU64,

@@ -379,3 +379,83 @@ run = ["sh", "-c", "sleep 0.2; seq 1 2500 >&2; echo '{\"ok\":true}'"]
     open_stream(&mut slow, "s2", json!({"runId": run_id}));
     let _ = std::fs::remove_dir_all(&workflows);
 }
+
+/// The subscriber caps of METHODS.md §3.17 step 7 beyond the socket: 32 per identity, 64 per run
+/// and 256 in all, each refused with `RateLimited` naming its scope; a closed socket frees its
+/// streams' places.
+#[test]
+fn stream_caps_per_identity_run_and_total() {
+    let users: Vec<(String, smithers_gateway::config::TokenGrant)> = (0..9)
+        .map(|index| {
+            let mut grant = grant("admin", &["*"]);
+            grant.user_id = Some(format!("user-{index}"));
+            (format!("token-of-user-{index}"), grant)
+        })
+        .collect();
+    let mut tokens: Vec<(&str, smithers_gateway::config::TokenGrant)> = users
+        .iter()
+        .map(|(token, grant)| (token.as_str(), grant.clone()))
+        .collect();
+    tokens.push((ADMIN_TOKEN, grant("admin", &["*"])));
+    let gateway = Gateway::start(|c| c.auth = Some(token_auth(&tokens)));
+    let (mut admin, _) = Client::connect(gateway.addr);
+    let runs: Vec<String> = (0..5).map(|_| waiting_approve_run(&mut admin)).collect();
+    // Eight streams on `run` from a new socket of user `user`.
+    let fill = |user: usize, run: &str| -> Client {
+        let (mut client, _) = Client::connect_as(gateway.addr, &users[user].0);
+        for index in 0..8 {
+            open_stream(&mut client, &format!("s{index}"), json!({"runId": run}));
+        }
+        client
+    };
+    let refusal = |user: usize, run: &str| -> (Client, Value) {
+        let (mut client, _) = Client::connect_as(gateway.addr, &users[user].0);
+        let response = client.request("over", "streamRunEvents", json!({"runId": run}));
+        assert_eq!(error_code(&response), "RateLimited", "{response}");
+        (client, response["error"].clone())
+    };
+    let mut held = Vec::new();
+    // 32 streams of user-0 on run 0: the 33rd is refused for the identity.
+    held.extend((0..4).map(|_| fill(0, &runs[0])));
+    let (_, error) = refusal(0, &runs[1]);
+    assert_eq!(
+        (error["scope"].clone(), error["limit"].clone()),
+        (json!("user"), json!(32))
+    );
+    assert_eq!(
+        error["message"],
+        "Gateway run-event subscriber limit reached (user cap of 32)."
+    );
+    // 32 more from user-1 on run 0: 64 on that run, and the next one is refused for the run.
+    held.extend((0..4).map(|_| fill(1, &runs[0])));
+    let (_, error) = refusal(2, &runs[0]);
+    assert_eq!(
+        (error["scope"].clone(), error["limit"].clone()),
+        (json!("run"), json!(64))
+    );
+    // Users 2–7 fill runs 1–3 (64 each): 256 in all, and the next one is refused for the total.
+    for user in 2..8 {
+        let run = &runs[1 + (user - 2) / 2];
+        held.extend((0..4).map(|_| fill(user, run)));
+    }
+    let (mut late, error) = refusal(8, &runs[4]);
+    assert_eq!(
+        (error["scope"].clone(), error["limit"].clone()),
+        (json!("global"), json!(256))
+    );
+    // A socket that closes gives its places back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = late.request("retry", "streamRunEvents", json!({"runId": runs[4]}));
+        if response["ok"] == true {
+            break;
+        }
+        assert_eq!(response["error"]["scope"], "global", "{response}");
+        assert!(
+            Instant::now() < deadline,
+            "the closed socket's streams were never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

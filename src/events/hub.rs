@@ -90,11 +90,15 @@ pub struct Broadcast {
 
 pub type BroadcastBatch = Arc<Vec<Arc<Broadcast>>>;
 
-/// Delivery figures of one worker (written by that worker only, read by /metrics).
+/// Delivery figures of one worker (written by that worker only, read by /metrics). Aligned to
+/// its own cache lines so workers updating their figures per delivery never share a line.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct WorkerStats {
     /// Broadcast and stream event frames queued to this worker's sockets.
     pub deliveries: AtomicU64,
+    /// Every event frame queued, connection-scoped ones (tick, run.heartbeat…) included.
+    pub events_sent: AtomicU64,
     /// Bytes queued for this worker's sockets and not yet taken by the kernel.
     pub outbound_bytes: AtomicU64,
     /// Bytes the kernel took from this worker's sockets.
@@ -185,7 +189,23 @@ impl Hub {
     pub fn count_delivery(&self, worker: usize) {
         if let Some(stats) = self.worker_stats.get(worker) {
             stats.deliveries.fetch_add(1, Ordering::Relaxed);
+            stats.events_sent.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A connection-scoped event (not a delivery of a broadcast) was queued.
+    pub fn count_event(&self, worker: usize) {
+        if let Some(stats) = self.worker_stats.get(worker) {
+            stats.events_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Event frames queued on every worker.
+    pub fn events_sent(&self) -> u64 {
+        self.worker_stats
+            .iter()
+            .map(|stats| stats.events_sent.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Broadcasts `events` (name, payload) in order: each gets the next `stateVersion`, is

@@ -207,6 +207,14 @@ impl OutQueue {
             }
         }
         debug_assert_eq!(written, 0);
+        self.release_if_empty();
+    }
+
+    /// An idle socket keeps no queue storage (a few frames' worth would be most of its memory).
+    fn release_if_empty(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
     }
 
     /// Drops every frame that has not started to leave and for which `drop` says so; returns how
@@ -225,12 +233,13 @@ impl OutQueue {
             keep
         });
         self.bytes -= freed;
+        self.release_if_empty();
         before - self.frames.len()
     }
 
     /// Drops everything, including a partly written frame (the connection is being dropped).
     pub fn clear(&mut self) {
-        self.frames.clear();
+        self.frames = VecDeque::new();
         self.bytes = 0;
         self.front_sent = 0;
     }
@@ -305,6 +314,11 @@ mod tests {
             assert_eq!(tags, vec![Some(7), None, Some(8)]);
             assert!(queue.is_empty());
             assert_eq!(queue.bytes(), 0);
+            assert_eq!(
+                queue.frames.capacity(),
+                0,
+                "an empty queue holds no storage"
+            );
         }
     }
 

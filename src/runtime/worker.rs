@@ -204,21 +204,23 @@ fn accept(context: &Rc<WorkerContext>, stream: monoio::net::TcpStream, peer: std
     set_send_buffer(&stream, state.config.socket_send_buffer_bytes);
     let (id, control) = context.register();
     let context = context.clone();
+    // The HTTP phase is boxed outside the task and its result consumed in a block, so none of
+    // its state (the socket and address it was given included) stays in the task while the
+    // WebSocket session runs.
+    let http = Box::pin(http_conn::serve(
+        stream,
+        peer,
+        context.clone(),
+        control.clone(),
+    ));
     let task = async move {
-        // Boxed, so the HTTP state is freed at the upgrade and the task keeps only the session.
-        let upgraded = Box::pin(http_conn::serve(
-            stream,
-            peer,
-            context.clone(),
-            control.clone(),
-        ))
-        .await;
-        if let Some(upgraded) = upgraded {
-            if let Some((session, decoder, first)) = ws_session::open(upgraded, &context, &control)
-            {
-                drop(control);
-                ws_session::serve(session, decoder, first).await;
-            }
+        let opened = {
+            let upgraded = http.await;
+            upgraded.and_then(|upgraded| ws_session::open(upgraded, &context, &control))
+        };
+        drop(control);
+        if let Some(opened) = opened {
+            ws_session::serve(opened).await;
         }
         context.unregister(id);
         drop(slot);

@@ -407,9 +407,7 @@ impl Session {
     }
 
     fn count_event(&self) {
-        let state = &self.context.state;
-        state.counters.events_sent.fetch_add(1, Ordering::Relaxed);
-        state.hub.count_delivery(self.context.index);
+        self.context.state.hub.count_delivery(self.context.index);
     }
 
     /// Queues one frame. Past the byte bound everything not yet started is discarded and the
@@ -588,11 +586,7 @@ impl Session {
         let seq = self.next_seq();
         let mut prefix = Vec::with_capacity(64);
         frame::encode_event_head(&mut prefix, seq, self.context.state.state_version());
-        self.context
-            .state
-            .counters
-            .events_sent
-            .fetch_add(1, Ordering::Relaxed);
+        self.context.state.hub.count_event(self.context.index);
         self.enqueue(OutFrame::data(
             OpCode::Text,
             &prefix,
@@ -1412,13 +1406,17 @@ async fn drain(session: Rc<Session>) {
     }
 }
 
-/// Opens the session of an upgraded socket. Not async: nothing of the HTTP phase stays in the
-/// connection's task. Returns the session and the messages already read after the upgrade head.
+/// A session ready to be served: the session, the decoder if a frame is in progress, and what was
+/// read after the upgrade head.
+pub struct Opened(Rc<Session>, Option<Box<Decoder>>, ReadOutcome);
+
+/// Opens the session of an upgraded socket. Not async, so nothing of the HTTP phase stays in the
+/// connection's task while the session lives.
 pub fn open(
     upgraded: Upgraded,
     context: &Rc<WorkerContext>,
     control: &Rc<ConnControl>,
-) -> Option<(Rc<Session>, Decoder, ReadOutcome)> {
+) -> Option<Opened> {
     let Upgraded {
         stream,
         headers,
@@ -1469,14 +1467,14 @@ pub fn open(
             ]),
         );
     }
-    let mut decoder = Decoder::new(context.state.config.message_bytes_max);
-    let mut messages = Vec::new();
-    let error = decode(&mut decoder, &leftover, &mut messages).err();
-    Some((session, decoder, ReadOutcome::Messages(messages, error)))
+    let mut decoder = None;
+    let first = decode_read(&session, &mut decoder, &leftover);
+    Some(Opened(session, decoder, first))
 }
 
 /// Runs an opened session until the connection ends.
-pub async fn serve(session: Rc<Session>, decoder: Decoder, first: ReadOutcome) {
+pub async fn serve(opened: Opened) {
+    let Opened(session, decoder, first) = opened;
     read_loop(&session, decoder, first).await;
     session.finish();
     // The queue leaves on its own once finished; a peer that stopped reading cannot hold it.
@@ -1506,7 +1504,7 @@ pub enum ReadOutcome {
 }
 
 /// One non-blocking read into the worker's buffer, decoded before the buffer is released.
-fn read_once(session: &Session, decoder: &mut Decoder) -> ReadOutcome {
+fn read_once(session: &Session, decoder: &mut Option<Box<Decoder>>) -> ReadOutcome {
     let ws = &session.context.ws;
     let mut buffer = ws.read_buffer.borrow_mut();
     if buffer.len() < READ_BUFFER_BYTES {
@@ -1523,14 +1521,26 @@ fn read_once(session: &Session, decoder: &mut Decoder) -> ReadOutcome {
     });
     match read {
         Ok(0) => ReadOutcome::Closed,
-        Ok(n) => {
-            let mut messages = Vec::new();
-            let error = decode(decoder, buffer.get(..n).unwrap_or_default(), &mut messages).err();
-            ReadOutcome::Messages(messages, error)
-        }
+        Ok(n) => decode_read(session, decoder, buffer.get(..n).unwrap_or_default()),
         Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => ReadOutcome::Nothing,
         Err(_) => ReadOutcome::Closed,
     }
+}
+
+/// Decodes bytes just read. The decoder exists only while a frame or message is in progress, so
+/// an idle socket holds none.
+fn decode_read(session: &Session, decoder: &mut Option<Box<Decoder>>, input: &[u8]) -> ReadOutcome {
+    if input.is_empty() {
+        return ReadOutcome::Nothing;
+    }
+    let max = session.context.state.config.message_bytes_max;
+    let active = decoder.get_or_insert_with(|| Box::new(Decoder::new(max)));
+    let mut messages = Vec::new();
+    let error = decode(active, input, &mut messages).err();
+    if active.is_between_messages() {
+        *decoder = None;
+    }
+    ReadOutcome::Messages(messages, error)
 }
 
 /// Decodes all of `input` (the decoder keeps partial frames), collecting complete messages.
@@ -1551,55 +1561,57 @@ fn decode(
     Ok(())
 }
 
-async fn read_loop(session: &Rc<Session>, mut decoder: Decoder, first: ReadOutcome) {
+/// Handles what one read gave; returns false when the reader must stop.
+async fn handle_read(session: &Rc<Session>, read: ReadOutcome) -> bool {
     let echo = session.context.service == Service::Echo;
+    let (messages, error) = match read {
+        ReadOutcome::Closed => return false,
+        ReadOutcome::Nothing => return true,
+        ReadOutcome::Messages(messages, error) => (messages, error),
+    };
+    for message in messages {
+        match message {
+            Message::Text(bytes) if echo => session.enqueue_data(OpCode::Text, bytes),
+            Message::Binary(bytes) if echo => session.enqueue_data(OpCode::Binary, bytes),
+            Message::Text(bytes) | Message::Binary(bytes) => {
+                if !session.is_closing() {
+                    session.accept_message(bytes).await;
+                }
+            }
+            Message::Ping(payload) => session.enqueue_control(OpCode::Pong, &payload),
+            Message::Pong(_) => {}
+            Message::Close(received) => {
+                // > RFC 6455 §5.5.1: the endpoint MUST send a Close frame in response … typically
+                // > echoing the status code it received.
+                let code = received
+                    .as_ref()
+                    .map_or(codec::CLOSE_NORMAL, |(code, _)| *code);
+                session.request_close(code, "");
+                return false;
+            }
+        }
+    }
+    if let Some(error) = error {
+        tracing::debug!(
+            code = error.code,
+            reason = error.reason,
+            "websocket protocol error"
+        );
+        session.request_close(error.code, error.reason);
+        return false;
+    }
+    true
+}
+
+/// The reader. While the socket is idle this future holds only the readiness wait: handling a
+/// read happens in a boxed future, and the decoder exists only mid-message.
+async fn read_loop(session: &Rc<Session>, mut decoder: Option<Box<Decoder>>, first: ReadOutcome) {
     let mut closing_since: Option<Instant> = None;
     let mut pending = Some(first);
     loop {
         if let Some(read) = pending.take() {
-            match read {
-                ReadOutcome::Closed => return,
-                ReadOutcome::Nothing => {}
-                ReadOutcome::Messages(messages, error) => {
-                    for message in messages {
-                        match message {
-                            Message::Text(bytes) if echo => {
-                                session.enqueue_data(OpCode::Text, bytes)
-                            }
-                            Message::Binary(bytes) if echo => {
-                                session.enqueue_data(OpCode::Binary, bytes)
-                            }
-                            Message::Text(bytes) | Message::Binary(bytes) => {
-                                if !session.is_closing() {
-                                    // Boxed: the reader's own future stays small while idle.
-                                    Box::pin(session.accept_message(bytes)).await;
-                                }
-                            }
-                            Message::Ping(payload) => {
-                                session.enqueue_control(OpCode::Pong, &payload)
-                            }
-                            Message::Pong(_) => {}
-                            Message::Close(received) => {
-                                // > RFC 6455 §5.5.1: the endpoint MUST send a Close frame in
-                                // > response … typically echoing the status code it received.
-                                let code = received
-                                    .as_ref()
-                                    .map_or(codec::CLOSE_NORMAL, |(code, _)| *code);
-                                session.request_close(code, "");
-                                return;
-                            }
-                        }
-                    }
-                    if let Some(error) = error {
-                        tracing::debug!(
-                            code = error.code,
-                            reason = error.reason,
-                            "websocket protocol error"
-                        );
-                        session.request_close(error.code, error.reason);
-                        return;
-                    }
-                }
+            if !Box::pin(handle_read(session, read)).await {
+                return;
             }
         }
         if session.out.borrow().abort {

@@ -242,6 +242,14 @@ impl Decoder {
         self.message_bytes.len()
     }
 
+    /// Whether no frame or fragmented message is in progress, so a fresh decoder would continue
+    /// identically (an idle connection can drop its decoder).
+    pub fn is_between_messages(&self) -> bool {
+        matches!(self.read_state, ReadState::Header)
+            && self.header_bytes_len == 0
+            && self.message_kind.is_none()
+    }
+
     /// Moves header bytes from `rest` (non-empty) into the header buffer; when the header is
     /// complete, checks it and switches to the payload. Returns the bytes consumed from `rest`.
     fn read_header(&mut self, rest: &[u8]) -> Result<usize, CodecError> {
@@ -504,6 +512,30 @@ mod tests {
             apply_mask(&mut frame[start..], mask, 0);
         }
         frame
+    }
+
+    #[test]
+    fn between_messages_only_when_nothing_is_in_progress() {
+        let mut decoder = Decoder::new(1024);
+        assert!(decoder.is_between_messages());
+        let whole = client_frame(true, 1, b"hello");
+        // A partial header, then a partial payload: in progress.
+        assert!(decoder.decode(&whole[..1]).unwrap().1.is_none());
+        assert!(!decoder.is_between_messages());
+        assert!(decoder.decode(&whole[1..8]).unwrap().1.is_none());
+        assert!(!decoder.is_between_messages());
+        assert!(decoder.decode(&whole[8..]).unwrap().1.is_some());
+        assert!(decoder.is_between_messages());
+        // The first fragment of a message: still in progress until the final one.
+        let first = client_frame(false, 1, b"he");
+        assert!(decoder.decode(&first).unwrap().1.is_none());
+        assert!(!decoder.is_between_messages());
+        let last = client_frame(true, 0, b"llo");
+        assert_eq!(
+            decoder.decode(&last).unwrap().1,
+            Some(Message::Text(b"hello".to_vec()))
+        );
+        assert!(decoder.is_between_messages());
     }
 
     fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
