@@ -190,6 +190,10 @@ pub struct GatewayConfig {
     /// `identity.workspaceRoot` in health and hello.
     pub workspace_root: Option<String>,
     pub auth: Option<AuthConfig>,
+    /// `getNodeOutput`/`getNodeDiff` size caps (METHODS.md §3.20–3.21). Fixed by the protocol,
+    /// so not in the file; tests lower them to prove them.
+    #[serde(skip)]
+    pub node_limits: crate::devtools::node::NodeLimits,
 }
 
 impl Default for GatewayConfig {
@@ -219,6 +223,7 @@ impl Default for GatewayConfig {
             synchronous: Synchronous::Full,
             workspace_root: None,
             auth: None,
+            node_limits: crate::devtools::node::NodeLimits::default(),
         }
     }
 }

@@ -56,6 +56,8 @@ pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartErro
     let (storage, storage_thread) = storage::open(storage_options)?;
     let workers = config.workers.max(1);
     let hub = Hub::new(workers, config.gateway.event_window_size);
+    // The engine announces committed frames to this hub; the workers serve DevTools from it.
+    let devtools = options.engine.devtools.clone();
     let (engine, engine_thread) = engine::start(
         storage.clone(),
         registry.clone(),
@@ -67,6 +69,7 @@ pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartErro
         registry,
         storage: Some(storage),
         engine: Some(engine.clone()),
+        devtools,
     };
     let gateway = config.gateway.clone();
     let authenticator = options.authenticator;

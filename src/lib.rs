@@ -23,6 +23,8 @@ pub mod storage;
 pub mod events;
 // Workflow definitions, frame rendering and the engine thread.
 pub mod engine;
+// DevTools: snapshots, deltas, the stream hub, node output and diff payloads.
+pub mod devtools;
 // Assembles storage, engine, hub and workers into a running gateway.
 pub mod gateway;
 // Worker threads, listeners, connection tasks, shutdown.

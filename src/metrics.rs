@@ -171,6 +171,24 @@ pub fn render(state: &GatewayState) -> String {
         counters.stream_backpressure_cuts.load(Ordering::Relaxed),
     );
     series(
+        "smithers_gateway_devtools_streams",
+        "gauge",
+        "Open streamDevTools subscriptions.",
+        state.devtools.n_streams() as u64,
+    );
+    series(
+        "smithers_gateway_devtools_snapshots_built_total",
+        "counter",
+        "DevTools snapshots built and serialized (once per frame of a watched run).",
+        state.devtools.snapshots_built(),
+    );
+    series(
+        "smithers_gateway_devtools_deltas_built_total",
+        "counter",
+        "DevTools deltas built and serialized (once per frame of a watched run).",
+        state.devtools.deltas_built(),
+    );
+    series(
         "smithers_gateway_requests_deferred_total",
         "counter",
         "WebSocket requests that waited for a slot under maxRequestsInFlight.",

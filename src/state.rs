@@ -6,6 +6,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
+use crate::devtools::hub::DevToolsHub;
 use crate::engine::core::EngineHandle;
 use crate::engine::workflow::Registry;
 use crate::events::hub::Hub;
@@ -54,6 +55,8 @@ pub struct GatewayState {
     pub storage: Option<StorageHandle>,
     /// The engine thread; None only in the echo harness.
     pub engine: Option<EngineHandle>,
+    /// DevTools streams and their shared snapshot/delta cache, fed by the engine.
+    pub devtools: Arc<DevToolsHub>,
     /// The port the gateway listens on (session cookie name, logs).
     pub port: u16,
 }
@@ -76,6 +79,7 @@ impl GatewayState {
             registry: services.registry,
             storage: services.storage,
             engine: services.engine,
+            devtools: services.devtools,
             port,
         })
     }
@@ -92,6 +96,7 @@ pub struct Services {
     pub registry: Arc<Registry>,
     pub storage: Option<StorageHandle>,
     pub engine: Option<EngineHandle>,
+    pub devtools: Arc<DevToolsHub>,
 }
 
 impl Services {
@@ -102,6 +107,7 @@ impl Services {
             registry: Arc::new(Registry::default()),
             storage: None,
             engine: None,
+            devtools: Arc::new(DevToolsHub::default()),
         }
     }
 }

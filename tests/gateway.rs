@@ -34,3 +34,6 @@ mod streams;
 // Fan-out: one serialization per event, identical bodies for every subscriber.
 #[path = "fanout.rs"]
 mod fanout;
+// DevTools: snapshots, node output and diff, streamDevTools (deltas, rebaselines, backpressure).
+#[path = "devtools.rs"]
+mod devtools;

@@ -14,6 +14,8 @@ use super::render::{render, NodeStates, NodeStatus};
 use super::workflow::{
     NodeDef, NodeKind, OnDeny, OnTimeout, Registry, TaskBody, TimerDef, WorkflowDef,
 };
+use crate::devtools::hub::{CommittedFrame, DevToolsHub};
+use crate::devtools::snapshot::{agent_meta, AttemptMeta, FrameSource};
 use crate::error::{ErrorCode, RpcError};
 use crate::events::hub::Hub;
 use crate::rpc::frame::{object, write_value};
@@ -244,6 +246,8 @@ pub struct EngineOptions {
     pub owner_id: String,
     /// Base of the exponential retry backoff (1 s in production; tests shorten it).
     pub retry_backoff_base_ms: u64,
+    /// Where committed frames are announced (the gateway shares it with its workers).
+    pub devtools: Arc<DevToolsHub>,
 }
 
 impl Default for EngineOptions {
@@ -251,6 +255,7 @@ impl Default for EngineOptions {
         EngineOptions {
             owner_id: format!("pid:{}", std::process::id()),
             retry_backoff_base_ms: 1_000,
+            devtools: Arc::new(DevToolsHub::default()),
         }
     }
 }
@@ -318,6 +323,8 @@ type AfterCommit = Box<dyn FnOnce(Option<&StorageError>) + Send>;
 struct Turn {
     mutations: Vec<Mutation>,
     broadcasts: Vec<(String, Value)>,
+    /// Frames rendered this turn, announced to DevTools after COMMIT.
+    frames: Vec<CommittedFrame>,
     after_commit: Vec<AfterCommit>,
     touched: HashSet<String>,
 }
@@ -547,6 +554,7 @@ impl Engine {
                     callback(None);
                 }
                 self.hub.publish(turn.broadcasts);
+                self.options.devtools.frames_committed(turn.frames);
             }
             Err(error) => {
                 tracing::error!(%error, runs = turn.touched.len(), "engine write failed; reloading runs");
@@ -1319,13 +1327,45 @@ impl Engine {
             let digest = sha2::Sha256::digest(xml_json.as_bytes());
             digest.iter().map(|b| format!("{b:02x}")).collect()
         };
+        let created_at_ms = crate::clock::now_ms() as i64;
+        let task_index_json = to_json(&frame.task_index);
+        // A watched run's frame goes to DevTools as rendered, so its streams never read it back
+        // from storage; with it the attempts that recorded an agent (all started by now).
+        let source = self.options.devtools.is_watched(run_id).then(|| {
+            let attempts = run
+                .attempts
+                .values()
+                .filter_map(|attempt| {
+                    Some(AttemptMeta {
+                        node_id: attempt.node_id.clone(),
+                        iteration: attempt.iteration,
+                        attempt: attempt.attempt,
+                        started_at_ms: attempt.started_at_ms,
+                        meta: agent_meta(attempt.meta_json.as_deref()?)?,
+                    })
+                })
+                .collect();
+            Arc::new(FrameSource {
+                run_id: run_id.to_string(),
+                frame_no: run.frame_no,
+                created_at_ms,
+                tree: frame.tree,
+                task_index: frame.task_index,
+                attempts,
+            })
+        });
+        self.turn.frames.push(CommittedFrame {
+            run_id: run_id.to_string(),
+            frame_no: run.frame_no,
+            source,
+        });
         self.turn.mutations.push(Mutation::InsertFrame(FrameRow {
             run_id: run_id.to_string(),
             frame_no: run.frame_no,
-            created_at_ms: crate::clock::now_ms() as i64,
+            created_at_ms,
             xml_json,
             xml_hash,
-            task_index_json: to_json(&frame.task_index),
+            task_index_json,
         }));
     }
 

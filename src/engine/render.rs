@@ -251,15 +251,39 @@ pub fn node_dom_id(path: &str) -> u32 {
 /// Returns nothing when `tree` is not an element.
 pub fn assign_ids(tree: &Value) -> Vec<(String, u32)> {
     let mut assigned = Vec::new();
-    let mut used = HashSet::new();
+    walk_ids(tree, |_: Option<&()>, _, path, id, _| {
+        assigned.push((path.to_string(), id));
+    });
+    assigned
+}
+
+/// What `walk_ids` assigned an id to.
+#[derive(Clone, Copy, Debug)]
+pub enum IdTarget<'a> {
+    Element(&'a Value),
+    /// The depth-cap marker standing for the `index`-th element child of its parent.
+    MaxDepth {
+        index: usize,
+    },
+}
+
+/// Assigns the ids of `tree` in `assign_ids`' order and calls `visit(parent, target, path, id,
+/// depth)` for each, the root first (with no parent). `visit` returns a token for the node; its
+/// children receive their parent's token, so a caller can build the tree in the same pass.
+pub fn walk_ids<'a, T>(
+    tree: &'a Value,
+    mut visit: impl FnMut(Option<&T>, IdTarget<'a>, &str, u32, usize) -> T,
+) {
     if !is_element(tree) {
-        return assigned;
+        return;
     }
+    let mut used = HashSet::new();
     let root_path = fragment(tree);
-    assign_id(root_path.clone(), &mut used, &mut assigned);
+    let root_id = assign_id(&root_path, &mut used);
+    let root = visit(None, IdTarget::Element(tree), &root_path, root_id, 0);
     // An explicit stack instead of recursion: trees come from storage and may be deep.
-    let mut pending: Vec<(&Value, String, usize)> = vec![(tree, root_path, 0)];
-    while let Some((parent, parent_path, parent_depth)) = pending.pop() {
+    let mut pending: Vec<(&Value, String, usize, T)> = vec![(tree, root_path, 0, root)];
+    while let Some((parent, parent_path, parent_depth, token)) = pending.pop() {
         let mut fragment_counts: HashMap<String, usize> = HashMap::new();
         let mut expanded = Vec::new();
         let children = parent
@@ -268,37 +292,50 @@ pub fn assign_ids(tree: &Value) -> Vec<(String, u32)> {
             .map(|children| children.iter().filter(|child| is_element(child)))
             .into_iter()
             .flatten();
+        let depth = parent_depth + 1;
         for (index, child) in children.enumerate() {
-            if parent_depth + 1 > DEVTOOLS_DEPTH_MAX {
-                assign_id(
-                    format!("{parent_path}/__maxdepth__{index}"),
-                    &mut used,
-                    &mut assigned,
-                );
+            if depth > DEVTOOLS_DEPTH_MAX {
+                let path = max_depth_marker_path(&parent_path, index);
+                let id = assign_id(&path, &mut used);
+                visit(Some(&token), IdTarget::MaxDepth { index }, &path, id, depth);
                 continue;
             }
             let child_fragment = fragment(child);
             let count = fragment_counts.entry(child_fragment.clone()).or_insert(0);
-            let child_path = if *count == 0 {
-                format!("{parent_path}/{child_fragment}")
-            } else {
-                format!("{parent_path}/{child_fragment}[{count}]")
-            };
+            let path = child_path(&parent_path, &child_fragment, *count);
             *count += 1;
-            assign_id(child_path.clone(), &mut used, &mut assigned);
-            expanded.push((child, child_path, parent_depth + 1));
+            let id = assign_id(&path, &mut used);
+            let child_token = visit(Some(&token), IdTarget::Element(child), &path, id, depth);
+            expanded.push((child, path, depth, child_token));
         }
         pending.extend(expanded.into_iter().rev());
     }
-    assigned
 }
 
-fn is_element(value: &Value) -> bool {
+/// Whether a tree value is an element (`{kind:"element", …}`); other children are ignored.
+pub fn is_element(value: &Value) -> bool {
     value.get("kind").and_then(|kind| kind.as_str()) == Some("element")
 }
 
+/// > Path of a child = `parentPath + "/" + fragment`, with `"[" + k + "]"` appended when it is
+/// > the k-th (k ≥ 1) earlier sibling with the same fragment.
+///
+/// `earlier_same` is how many earlier siblings have the same fragment.
+pub fn child_path(parent_path: &str, fragment: &str, earlier_same: usize) -> String {
+    if earlier_same == 0 {
+        format!("{parent_path}/{fragment}")
+    } else {
+        format!("{parent_path}/{fragment}[{earlier_same}]")
+    }
+}
+
+/// > Depth-cap markers use path `parentPath + "/__maxdepth__" + index`.
+pub fn max_depth_marker_path(parent_path: &str, index: usize) -> String {
+    format!("{parent_path}/__maxdepth__{index}")
+}
+
 /// `tag#id` when the element has a non-empty string `id` (or `nodeId`) prop, else `tag`.
-fn fragment(element: &Value) -> String {
+pub fn fragment(element: &Value) -> String {
     let tag = element
         .get("tag")
         .and_then(|tag| tag.as_str())
@@ -318,8 +355,8 @@ fn fragment(element: &Value) -> String {
 
 /// > Collision inside one tree: rehash `path + "\u0000" + salt` for salt = 1, 2, … (≤ 1,024)
 /// > until unused.
-fn assign_id(path: String, used: &mut HashSet<u32>, assigned: &mut Vec<(String, u32)>) {
-    let mut id = node_dom_id(&path);
+fn assign_id(path: &str, used: &mut HashSet<u32>) -> u32 {
+    let mut id = node_dom_id(path);
     if used.contains(&id) {
         for salt in 1..=ID_COLLISION_SALTS_MAX {
             id = node_dom_id(&format!("{path}\u{0}{salt}"));
@@ -329,7 +366,7 @@ fn assign_id(path: String, used: &mut HashSet<u32>, assigned: &mut Vec<(String, 
         }
     }
     used.insert(id);
-    assigned.push((path, id));
+    id
 }
 
 #[cfg(test)]

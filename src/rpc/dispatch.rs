@@ -3,6 +3,7 @@
 //! Handlers receive params as sent; non-objects are treated as `{}` by each handler.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::devtools;
 use super::frame::object;
 use super::methods;
 use super::Value;
@@ -28,6 +29,8 @@ pub struct CallContext<'a> {
     pub transport: Transport,
     /// Adds a run to the calling socket's subscription filter (auto-subscribe); None on HTTP.
     pub subscriber: Option<&'a dyn Fn(&str)>,
+    /// Whether the calling socket's filter lets DevTools read a run; None on HTTP.
+    pub run_filter: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 impl CallContext<'_> {
@@ -35,6 +38,30 @@ impl CallContext<'_> {
     pub fn subscribe(&self, run_id: &str) {
         if let Some(subscriber) = self.subscriber {
             subscriber(run_id);
+        }
+    }
+
+    /// PROTOCOL.md §13: DevTools on a filtered socket needs the run in the filter (an explicit
+    /// empty filter denies every run); HTTP callers are never filtered.
+    pub fn allows_run(&self, run_id: &str) -> bool {
+        self.run_filter.is_none_or(|allows| allows(run_id))
+    }
+}
+
+/// A success payload: a value, or JSON already serialized (DevTools payloads, whose key order
+/// is part of the wire and whose objects may have more keys than `Value` keeps in order).
+#[derive(Debug, PartialEq)]
+pub enum Payload {
+    Value(Value),
+    Json(Vec<u8>),
+}
+
+impl Payload {
+    /// The response frame for request `id`.
+    pub fn encode_response(&self, id: &str) -> Vec<u8> {
+        match self {
+            Payload::Value(value) => super::frame::encode_response_ok(id, value),
+            Payload::Json(json) => super::frame::encode_response_raw(id, json),
         }
     }
 }
@@ -61,7 +88,7 @@ pub async fn dispatch(
     context: &CallContext<'_>,
     method: &str,
     params: &Value,
-) -> Result<Value, RpcError> {
+) -> Result<Payload, RpcError> {
     check_scope(context.principal, method)?;
     if context.transport == Transport::Http && WEBSOCKET_ONLY_METHODS.contains(&method) {
         return Err(RpcError::new(
@@ -72,7 +99,22 @@ pub async fn dispatch(
     // METHODS.md §0 rule 4: params that are not an object are treated as `{}`.
     let empty = Value::Object(Box::default());
     let params = if params.is_object() { params } else { &empty };
-    match method {
+    let value = match method {
+        "getDevToolsSnapshot" => {
+            return devtools::get_snapshot(context, params)
+                .await
+                .map(Payload::Json)
+        }
+        "getNodeOutput" | "devtools.getNodeOutput" => {
+            return devtools::get_node_output(context, params)
+                .await
+                .map(Payload::Json)
+        }
+        "getNodeDiff" | "devtools.getNodeDiff" => {
+            return devtools::get_node_diff(context, params)
+                .await
+                .map(Payload::Json)
+        }
         "health" => Ok(health_payload(context.state)),
         "launchRun" | "runs.create" => methods::launch_run(context, params).await,
         "getRun" | "runs.get" => methods::get_run(context, params).await,
@@ -94,7 +136,8 @@ pub async fn dispatch(
             ErrorCode::MethodNotFound,
             format!("Unknown method: {method}"),
         )),
-    }
+    };
+    value.map(Payload::Value)
 }
 
 /// `identity` of health and hello (PROTOCOL.md §2.1).

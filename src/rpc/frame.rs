@@ -269,6 +269,17 @@ pub fn encode_response_ok(id: &str, payload: &Value) -> Vec<u8> {
     out
 }
 
+/// A success response frame around a payload already serialized as JSON.
+pub fn encode_response_raw(id: &str, payload_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + payload_json.len());
+    out.extend_from_slice(br#"{"type":"res","id":"#);
+    write_string(&mut out, id);
+    out.extend_from_slice(br#","ok":true,"apiVersion":"v1","payload":"#);
+    out.extend_from_slice(payload_json);
+    out.push(b'}');
+    out
+}
+
 /// An error response frame (PROTOCOL.md §11).
 pub fn encode_response_error(id: &str, error: &RpcError) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);

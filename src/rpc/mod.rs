@@ -1,8 +1,10 @@
 //! RPC over both transports: `frame` (inbound request parsing with the protocol's bounds, outbound
-//! response and event encoding), `connect` (the WebSocket handshake and the hello payload) and
-//! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules).
+//! response and event encoding), `connect` (the WebSocket handshake and the hello payload),
+//! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules), `methods` (the run
+//! family) and `devtools` (snapshots, node output and diff, `streamDevTools` parameters).
 
 pub mod connect;
+pub mod devtools;
 pub mod dispatch;
 pub mod frame;
 pub mod methods;

@@ -14,7 +14,7 @@ use crate::http::request::{
 use crate::http::response::{Response, CONTENT_TYPE_HTML, CONTENT_TYPE_PROMETHEUS, CONTINUE};
 use crate::http::router::{route, Route};
 use crate::rpc::dispatch::{self, CallContext, Transport};
-use crate::rpc::frame::{self, encode_response_error, encode_response_ok, HttpRoute};
+use crate::rpc::frame::{self, encode_response_error, HttpRoute};
 use crate::rpc::Value;
 use crate::state::{GatewayState, Slot, SlotKind};
 use crate::ws::handshake;
@@ -419,9 +419,10 @@ async fn http_rpc(
         principal: &principal,
         transport: Transport::Http,
         subscriber: None,
+        run_filter: None,
     };
     match dispatch::dispatch(&context, &request.method, &request.params).await {
-        Ok(payload) => Response::json(200, encode_response_ok(&request.id, &payload)),
+        Ok(payload) => Response::json(200, payload.encode_response(&request.id)),
         Err(error) => {
             state.counters.rpc_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(method = %request.method, code = error.code.as_str(), "RPC failed");

@@ -17,6 +17,10 @@
 //! Frames queued for a stream are tagged so the flusher can count them down (per-stream
 //! backpressure, EVENTS.md §3.5).
 //!
+//! DevTools streams (`streamDevTools`, EVENTS.md §4.5) are driven by the DevTools hub, which
+//! builds each frame's snapshot and delta once per run; a task per stream wraps the shared event
+//! bytes in `devtools.event` with the stream's id, counted toward the same per-stream bound.
+//!
 //! Invariant: once the session has finished, its outbound queue is empty and nothing more is
 //! written to its socket.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -27,9 +31,12 @@ use super::outbound::{Body, OutFrame, OutQueue};
 use super::worker::{ConnControl, StopReason, WorkerContext};
 use super::Service;
 use crate::auth::Principal;
+use crate::devtools::hub::Step;
+use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
 use crate::events::hub::{Broadcast, BroadcastBatch, RunFrame, StreamRefusal};
 use crate::rpc::connect;
+use crate::rpc::devtools as rpc_devtools;
 use crate::rpc::dispatch::{self, CallContext, Transport};
 use crate::rpc::frame::{
     self, encode_event_body, encode_response_error, encode_response_ok, write_string,
@@ -38,6 +45,7 @@ use crate::rpc::frame::{
 use crate::rpc::methods;
 use crate::rpc::Value;
 use crate::state::{Slot, SlotKind};
+use crate::storage::Command;
 use crate::ws::codec::{self, CodecError, Decoder, Message};
 use crate::ws::frame::OpCode;
 use monoio::net::TcpStream;
@@ -68,6 +76,14 @@ const BACKPRESSURE_MESSAGE: &str =
     "Run event stream outbound queue exceeded 1000 frames; disconnecting slow consumer.";
 /// The end of every event frame after its payload.
 const EVENT_TAIL: &[u8] = br#","apiVersion":"v1"}"#;
+/// The end of a `devtools.event` frame after the shared DevTools event.
+const DEVTOOLS_EVENT_TAIL: &[u8] = br#"},"apiVersion":"v1"}"#;
+/// > Either overflow → `devtools.error` with code `BackpressureDisconnect` (EVENTS.md §4.5). Our
+/// > one queue is the sender queue: events go from the hub straight into it.
+const DEVTOOLS_BACKPRESSURE_MESSAGE: &str = "Subscriber outbound queue exceeded 1000 events.";
+/// DevTools events one stream queues before it lets the worker's other tasks (the flusher
+/// first) run.
+const DEVTOOLS_EVENTS_PER_TURN: usize = 64;
 
 /// Per-worker state shared by the worker's WebSocket sessions.
 #[derive(Default)]
@@ -249,6 +265,21 @@ struct RunStream {
     pending: Option<Vec<Arc<RunFrame>>>,
 }
 
+/// One `streamDevTools` stream of this socket; its state in the DevTools hub is keyed by
+/// `hub_key`, and a task per stream (`devtools_stream`) moves its events into the queue.
+#[derive(Debug)]
+struct DevToolsStream {
+    /// Tags this stream's frames in the outbound queue.
+    key: u64,
+    hub_key: u64,
+    id: String,
+    run_id: String,
+    /// `"event":"devtools.event","payload":{"streamId":…,"runId":…,"event":`, written once.
+    prefix: Vec<u8>,
+    /// Events in the outbound queue not yet taken by the kernel.
+    queued: usize,
+}
+
 #[derive(Default)]
 struct Outbound {
     queue: OutQueue,
@@ -311,6 +342,8 @@ pub struct Session {
     /// Registration with the worker's broadcast delivery, from the first successful connect.
     sink_id: Cell<Option<u64>>,
     streams: RefCell<Vec<RunStream>>,
+    devtools_streams: RefCell<Vec<DevToolsStream>>,
+    /// Tags of run and DevTools streams alike (one namespace in the outbound queue).
     next_stream_key: Cell<u64>,
     /// Whether the ticker holds a heartbeat entry for this socket's streams.
     beat_scheduled: Cell<bool>,
@@ -627,8 +660,11 @@ impl Session {
             return;
         }
         let mut streams = self.streams.borrow_mut();
+        let mut devtools_streams = self.devtools_streams.borrow_mut();
         for tag in tags {
             if let Some(stream) = streams.iter_mut().find(|s| s.key == *tag) {
+                stream.queued = stream.queued.saturating_sub(1);
+            } else if let Some(stream) = devtools_streams.iter_mut().find(|s| s.key == *tag) {
                 stream.queued = stream.queued.saturating_sub(1);
             }
         }
@@ -762,6 +798,7 @@ impl Session {
             principal,
             transport: Transport::WebSocket,
             subscriber: None,
+            run_filter: None,
         };
         if !state.hub.has_window(&run_id) {
             match methods::run_exists(&context, &run_id).await {
@@ -892,6 +929,193 @@ impl Session {
         }
     }
 
+    /// PROTOCOL.md §13 for DevTools: a null filter allows every run, an explicit one (even
+    /// empty) only its runs.
+    fn filter_allows(&self, run_id: &str) -> bool {
+        self.subscribe
+            .borrow()
+            .as_ref()
+            .is_none_or(|filter| filter.contains(run_id))
+    }
+
+    /// `streamDevTools` (METHODS.md §3.18, EVENTS.md §4.5): validate in the spec's order,
+    /// register with the DevTools hub (before the run's latest frame is read, so no frame is
+    /// missed), respond, then start the stream's task.
+    async fn handle_stream_devtools(
+        self: &Rc<Self>,
+        id: &str,
+        params: &Value,
+        principal: &Principal,
+    ) {
+        if let Err(error) = dispatch::check_scope(principal, "streamDevTools") {
+            return self.respond_error(id, &error);
+        }
+        let (run_id, cursor) = match rpc_devtools::stream_params(params) {
+            Ok(parsed) => parsed,
+            Err(error) => return self.respond_error(id, &error),
+        };
+        if !self.filter_allows(&run_id) {
+            return self.respond_error(
+                id,
+                &RpcError::new(
+                    ErrorCode::UnauthorizedV1,
+                    "Connection is not subscribed to this runId.",
+                ),
+            );
+        }
+        let state = &self.context.state;
+        let Some(storage) = state.storage.clone() else {
+            return self.respond_error(
+                id,
+                &RpcError::new(ErrorCode::ServerError, "Storage is not available"),
+            );
+        };
+        let (wake, woken) = flume::bounded(1);
+        let hub_key = state.devtools.open(&run_id, cursor, wake);
+        let latest = storage
+            .call(|reply| Command::LatestFrame {
+                run_id: run_id.clone(),
+                reply,
+            })
+            .await;
+        let checked = match latest {
+            Err(error) => Err(storage_rpc_error(&error)),
+            Ok(None) => Err(RpcError::new(
+                ErrorCode::RunNotFound,
+                format!("Run not found: {run_id}"),
+            )),
+            Ok(Some(latest)) => match cursor {
+                Some(cursor) if cursor > latest.max(0) as u64 => Err(RpcError::new(
+                    ErrorCode::SeqOutOfRange,
+                    format!("fromSeq {cursor} is newer than current seq {latest}"),
+                )),
+                _ if self.is_closing() => Err(RpcError::new(
+                    ErrorCode::ConnectionClosed,
+                    "Connection closed",
+                )),
+                _ => Ok(latest),
+            },
+        };
+        let latest = match checked {
+            Ok(latest) => latest,
+            Err(error) => {
+                state.devtools.close(hub_key);
+                return self.respond_error(id, &error);
+            }
+        };
+        let key = self.next_stream_key.get();
+        self.next_stream_key.set(key + 1);
+        let stream_id = uuid::Uuid::new_v4().to_string();
+        let mut prefix = Vec::with_capacity(96 + run_id.len());
+        prefix.extend_from_slice(br#""event":"devtools.event","payload":{"streamId":"#);
+        write_string(&mut prefix, &stream_id);
+        prefix.extend_from_slice(br#","runId":"#);
+        write_string(&mut prefix, &run_id);
+        prefix.extend_from_slice(br#","event":"#);
+        self.devtools_streams.borrow_mut().push(DevToolsStream {
+            key,
+            hub_key,
+            id: stream_id.clone(),
+            run_id: run_id.clone(),
+            prefix,
+            queued: 0,
+        });
+        let cursor_value = || cursor.map_or(Value::null(), Value::from);
+        self.respond_ok(
+            id,
+            &frame::object(vec![
+                ("streamId", Value::from(stream_id.as_str())),
+                ("runId", Value::from(run_id.as_str())),
+                ("fromSeq", cursor_value()),
+                ("afterSeq", cursor_value()),
+            ]),
+        );
+        state.devtools.start(hub_key, latest);
+        monoio::spawn(devtools_stream(self.clone(), key, hub_key, woken));
+    }
+
+    /// `devtools.event` `{streamId, runId, event}` around the hub's shared event bytes. Returns
+    /// false when the stream is gone (torn down now, past its bound, or earlier).
+    fn send_devtools_event(&self, key: u64, event: Arc<[u8]>) -> bool {
+        let prefix = {
+            let mut streams = self.devtools_streams.borrow_mut();
+            let Some(stream) = streams.iter_mut().find(|s| s.key == key) else {
+                return false;
+            };
+            if stream.queued >= STREAM_QUEUE_MAX {
+                None
+            } else {
+                stream.queued += 1;
+                let mut prefix = Vec::with_capacity(64 + stream.prefix.len());
+                frame::encode_event_head(
+                    &mut prefix,
+                    self.next_seq(),
+                    self.context.state.state_version(),
+                );
+                prefix.extend_from_slice(&stream.prefix);
+                Some(prefix)
+            }
+        };
+        let Some(prefix) = prefix else {
+            self.fail_devtools_stream(key, "BackpressureDisconnect", DEVTOOLS_BACKPRESSURE_MESSAGE);
+            return false;
+        };
+        self.count_event();
+        self.enqueue(OutFrame::data(
+            OpCode::Text,
+            &prefix,
+            Body::Shared(event),
+            DEVTOOLS_EVENT_TAIL,
+            Some(key),
+        ));
+        true
+    }
+
+    /// Ends a DevTools stream (EVENTS.md §4.5): its queued events are dropped, the socket gets
+    /// `devtools.error` `{streamId, runId, error:{code, message}}`, the hub forgets it. The
+    /// socket stays open.
+    fn fail_devtools_stream(&self, key: u64, code: &str, message: &str) {
+        let stream = {
+            let mut streams = self.devtools_streams.borrow_mut();
+            let Some(index) = streams.iter().position(|s| s.key == key) else {
+                return;
+            };
+            streams.remove(index)
+        };
+        let (dropped, freed) = {
+            let mut out = self.out.borrow_mut();
+            let before = out.queue.bytes();
+            let dropped = out.queue.drop_unstarted(|frame| frame.tag == Some(key));
+            (dropped, before - out.queue.bytes())
+        };
+        if let Some(stats) = self.context.state.hub.worker_stats(self.context.index) {
+            stats.outbound_released(freed);
+        }
+        tracing::debug!(dropped, code, "DevTools stream ended");
+        if code == "BackpressureDisconnect" {
+            self.context
+                .state
+                .counters
+                .stream_backpressure_cuts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.send_event(
+            "devtools.error",
+            &frame::object(vec![
+                ("streamId", Value::from(stream.id.as_str())),
+                ("runId", Value::from(stream.run_id.as_str())),
+                (
+                    "error",
+                    frame::object(vec![
+                        ("code", Value::from(code)),
+                        ("message", Value::from(message)),
+                    ]),
+                ),
+            ]),
+        );
+        self.context.state.devtools.close(stream.hub_key);
+    }
+
     /// A text or binary message from the peer: `connect` runs before anything after it is read;
     /// other requests run as their own tasks, at most `maxRequestsInFlight` at once.
     async fn accept_message(self: &Rc<Self>, bytes: Vec<u8>) {
@@ -950,6 +1174,17 @@ impl Session {
                 .handle_stream_run_events(&request.id, params, &principal)
                 .await;
         }
+        if request.method == "streamDevTools" {
+            let empty = Value::Object(Box::default());
+            let params = if request.params.is_object() {
+                &request.params
+            } else {
+                &empty
+            };
+            return self
+                .handle_stream_devtools(&request.id, params, &principal)
+                .await;
+        }
         // Auto-subscribe adds the run only to a filter that exists: an unfiltered socket already
         // sees every run (docs/DECISIONS.md; the reference narrows it instead).
         let subscriber = |run_id: &str| {
@@ -957,14 +1192,16 @@ impl Session {
                 filter.insert(run_id.to_string());
             }
         };
+        let run_filter = |run_id: &str| self.filter_allows(run_id);
         let context = CallContext {
             state,
             principal: &principal,
             transport: Transport::WebSocket,
             subscriber: Some(&subscriber),
+            run_filter: Some(&run_filter),
         };
         match dispatch::dispatch(&context, &request.method, &request.params).await {
-            Ok(payload) => self.respond_ok(&request.id, &payload),
+            Ok(payload) => self.enqueue_data(OpCode::Text, payload.encode_response(&request.id)),
             Err(error) => self.respond_error(&request.id, &error),
         }
     }
@@ -1054,6 +1291,10 @@ impl Session {
                 .hub
                 .close_stream(&stream.run_id, stream.identity.as_deref());
         }
+        // Closing drops the hub's wake sender, which ends each stream's task.
+        for stream in self.devtools_streams.take() {
+            self.context.state.devtools.close(stream.hub_key);
+        }
         self.out.borrow_mut().finished = true;
         self.schedule_flush();
     }
@@ -1073,6 +1314,62 @@ impl Session {
         self.abort_wake.notify();
         self.drained.notify();
         self.control.wake.notify();
+    }
+}
+
+/// One DevTools stream: does what the hub says (EVENTS.md §4.5) until the stream ends. Frames
+/// are announced by the engine, so between frames the task sleeps on its wake channel; the hub
+/// drops the sender when the stream closes, which ends the task.
+async fn devtools_stream(session: Rc<Session>, key: u64, hub_key: u64, woken: flume::Receiver<()>) {
+    let state = session.context.state.clone();
+    let mut emitted = 0;
+    loop {
+        match state.devtools.poll(hub_key) {
+            Step::Emit { event, .. } => {
+                if !session.send_devtools_event(key, event) {
+                    return;
+                }
+                emitted += 1;
+                if emitted >= DEVTOOLS_EVENTS_PER_TURN {
+                    // A long catch-up lets the flusher write between batches.
+                    emitted = 0;
+                    YieldNow(false).await;
+                }
+            }
+            Step::Work(work) => {
+                let outcome = work.perform(state.storage.as_ref()).await;
+                state.devtools.complete(hub_key, outcome);
+            }
+            Step::Wait => {
+                emitted = 0;
+                if woken.recv_async().await.is_err() {
+                    return;
+                }
+            }
+            Step::Fail { code, message } => {
+                return session.fail_devtools_stream(key, code, &message);
+            }
+            Step::Closed => return,
+        }
+    }
+}
+
+/// Yields once to the worker's other tasks.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        context.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -1144,6 +1441,7 @@ pub fn open(
         tick_generation: Cell::new(0),
         sink_id: Cell::new(None),
         streams: RefCell::new(Vec::new()),
+        devtools_streams: RefCell::new(Vec::new()),
         next_stream_key: Cell::new(0),
         beat_scheduled: Cell::new(false),
         in_flight: Cell::new(0),

@@ -213,6 +213,18 @@ pub struct RunState {
     pub last_event_seq: i64,
 }
 
+/// One node's rows in one run (`getNodeOutput`, `getNodeDiff`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeRecords {
+    pub run: Option<RunRow>,
+    /// Every iteration of the node, by iteration.
+    pub nodes: Vec<NodeRow>,
+    /// Every attempt of the node, by iteration then attempt.
+    pub attempts: Vec<AttemptRow>,
+    /// Every output of the node, by iteration.
+    pub outputs: Vec<OutputRow>,
+}
+
 /// PRAGMA values read back after opening (tests assert them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pragmas {
@@ -307,6 +319,24 @@ pub enum Command {
         run_id: String,
         frame_no: i64,
         reply: Reply<Option<FrameRow>>,
+    },
+    /// The run's newest frame number (0 when it has none); None when the run does not exist.
+    LatestFrame {
+        run_id: String,
+        reply: Reply<Option<i64>>,
+    },
+    /// A frame and the run's attempts with metadata that started no later than it (what a
+    /// DevTools snapshot is built from); None when the frame does not exist.
+    GetFrameSource {
+        run_id: String,
+        frame_no: i64,
+        reply: Reply<Option<(FrameRow, Vec<AttemptRow>)>>,
+    },
+    /// The run and one node's rows; `run` is None (and the lists empty) when the run is absent.
+    LoadNodeRecords {
+        run_id: String,
+        node_id: String,
+        reply: Reply<NodeRecords>,
     },
     Pragmas {
         reply: Reply<Pragmas>,

@@ -8,8 +8,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::{
-    ApprovalRow, AttemptRow, EventRow, FrameRow, Mutation, NodeRow, OutputRow, Pragmas, RunFilter,
-    RunRow, RunState, SignalRow, StorageError, StorageResult, WriteOutcome,
+    ApprovalRow, AttemptRow, EventRow, FrameRow, Mutation, NodeRecords, NodeRow, OutputRow,
+    Pragmas, RunFilter, RunRow, RunState, SignalRow, StorageError, StorageResult, WriteOutcome,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
@@ -836,6 +836,127 @@ pub fn get_frame(
         .map_err(map_error)
 }
 
+// ---- DevTools reads ----
+
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRow> {
+    Ok(AttemptRow {
+        run_id: row.get(0)?,
+        node_id: row.get(1)?,
+        iteration: row.get(2)?,
+        attempt: row.get(3)?,
+        state: row.get(4)?,
+        started_at_ms: row.get(5)?,
+        finished_at_ms: row.get(6)?,
+        heartbeat_at_ms: row.get(7)?,
+        heartbeat_data_json: row.get(8)?,
+        error_json: row.get(9)?,
+        meta_json: row.get(10)?,
+        exit_code: row.get(11)?,
+    })
+}
+
+/// The run's newest frame number (0 without frames); None when the run does not exist.
+pub fn latest_frame(conn: &Connection, run_id: &str) -> StorageResult<Option<i64>> {
+    if !run_exists(conn, run_id)? {
+        return Ok(None);
+    }
+    let mut statement = conn
+        .prepare_cached("SELECT coalesce(max(frame_no), 0) FROM _smithers_frames WHERE run_id = ?1")
+        .map_err(map_error)?;
+    statement
+        .query_row([run_id], |row| row.get(0))
+        .map(Some)
+        .map_err(map_error)
+}
+
+/// A frame and the attempts a DevTools snapshot of it reads (those with metadata that started no
+/// later than the frame); None when the frame does not exist.
+pub fn get_frame_source(
+    conn: &Connection,
+    run_id: &str,
+    frame_no: i64,
+) -> StorageResult<Option<(FrameRow, Vec<AttemptRow>)>> {
+    let Some(frame) = get_frame(conn, run_id, frame_no)? else {
+        return Ok(None);
+    };
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, attempt, state, started_at_ms, finished_at_ms, \
+                 heartbeat_at_ms, heartbeat_data_json, error_json, meta_json, exit_code \
+             FROM _smithers_attempts \
+             WHERE run_id = ?1 AND meta_json IS NOT NULL AND started_at_ms <= ?2 \
+             ORDER BY started_at_ms, attempt, node_id, iteration",
+        )
+        .map_err(map_error)?;
+    let attempts = statement
+        .query_map(params![run_id, frame.created_at_ms], attempt_from_row)
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    Ok(Some((frame, attempts)))
+}
+
+/// The run and one node's rows, every iteration.
+pub fn load_node_records(
+    conn: &Connection,
+    run_id: &str,
+    node_id: &str,
+) -> StorageResult<NodeRecords> {
+    let Some(run) = get_run(conn, run_id)? else {
+        return Ok(NodeRecords::default());
+    };
+    let mut nodes = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, state, last_attempt, updated_at_ms, output_table, \
+                 label \
+             FROM _smithers_nodes WHERE run_id = ?1 AND node_id = ?2 ORDER BY iteration",
+        )
+        .map_err(map_error)?;
+    let nodes = nodes
+        .query_map(params![run_id, node_id], node_from_row)
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    let mut attempts = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, attempt, state, started_at_ms, finished_at_ms, \
+                 heartbeat_at_ms, heartbeat_data_json, error_json, meta_json, exit_code \
+             FROM _smithers_attempts WHERE run_id = ?1 AND node_id = ?2 \
+             ORDER BY iteration, attempt",
+        )
+        .map_err(map_error)?;
+    let attempts = attempts
+        .query_map(params![run_id, node_id], attempt_from_row)
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    let mut outputs = conn
+        .prepare_cached(
+            "SELECT run_id, node_id, iteration, payload_json, created_at_ms \
+             FROM _smithers_outputs WHERE run_id = ?1 AND node_id = ?2 ORDER BY iteration",
+        )
+        .map_err(map_error)?;
+    let outputs = outputs
+        .query_map(params![run_id, node_id], |row| {
+            Ok(OutputRow {
+                run_id: row.get(0)?,
+                node_id: row.get(1)?,
+                iteration: row.get(2)?,
+                payload_json: row.get(3)?,
+                created_at_ms: row.get(4)?,
+            })
+        })
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    Ok(NodeRecords {
+        run: Some(run),
+        nodes,
+        attempts,
+        outputs,
+    })
+}
+
 /// The PRAGMAs the store depends on, as SQLite reports them now. `schema_version` is our
 /// migration version (`PRAGMA user_version`), not SQLite's internal schema cookie.
 pub fn read_pragmas(conn: &Connection) -> StorageResult<Pragmas> {
@@ -1165,6 +1286,92 @@ mod tests {
         assert_eq!(get_frame(&conn, "r", 1).unwrap(), Some(frame));
         assert_eq!(get_frame(&conn, "r", 3).unwrap(), None);
         assert_eq!(load_run_state(&conn, "r").unwrap().last_frame_no, 2);
+    }
+
+    // Goal: the DevTools reads: the latest frame (None for an unknown run, 0 without frames), a
+    // frame with the attempts that started by its time and carry metadata, and one node's rows.
+    #[test]
+    fn devtools_reads() {
+        let conn = db();
+        assert_eq!(latest_frame(&conn, "r").unwrap(), None);
+        insert_run(&conn, &run_row("r", 1)).unwrap();
+        assert_eq!(latest_frame(&conn, "r").unwrap(), Some(0));
+        let frame = FrameRow {
+            run_id: "r".into(),
+            frame_no: 1,
+            created_at_ms: 10,
+            xml_json: "{}".into(),
+            xml_hash: "h".into(),
+            task_index_json: "[]".into(),
+        };
+        insert_frame(&conn, &frame).unwrap();
+        insert_frame(
+            &conn,
+            &FrameRow {
+                frame_no: 4,
+                ..frame.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(latest_frame(&conn, "r").unwrap(), Some(4));
+        let attempt =
+            |node_id: &str, iteration: i64, number: i64, started: i64, meta: Option<&str>| {
+                AttemptRow {
+                    run_id: "r".into(),
+                    node_id: node_id.into(),
+                    iteration,
+                    attempt: number,
+                    state: "finished".into(),
+                    started_at_ms: started,
+                    finished_at_ms: None,
+                    heartbeat_at_ms: None,
+                    heartbeat_data_json: None,
+                    error_json: None,
+                    meta_json: meta.map(str::to_string),
+                    exit_code: None,
+                }
+            };
+        put_attempt(&conn, &attempt("n", 0, 1, 5, Some(r#"{"agentId":"a"}"#))).unwrap();
+        put_attempt(&conn, &attempt("n", 0, 2, 11, Some(r#"{"agentId":"b"}"#))).unwrap();
+        put_attempt(&conn, &attempt("m", 0, 1, 6, None)).unwrap();
+        put_attempt(&conn, &attempt("n", 1, 1, 7, None)).unwrap();
+        let (read, attempts) = get_frame_source(&conn, "r", 1).unwrap().unwrap();
+        assert_eq!(read, frame);
+        assert_eq!(
+            attempts,
+            vec![attempt("n", 0, 1, 5, Some(r#"{"agentId":"a"}"#))]
+        );
+        assert_eq!(get_frame_source(&conn, "r", 2).unwrap(), None);
+
+        put_node(&conn, &node("r", "n", 1, "finished")).unwrap();
+        put_node(&conn, &node("r", "n", 0, "failed")).unwrap();
+        put_node(&conn, &node("r", "m", 0, "finished")).unwrap();
+        put_output(
+            &conn,
+            &OutputRow {
+                run_id: "r".into(),
+                node_id: "n".into(),
+                iteration: 1,
+                payload_json: "{}".into(),
+                created_at_ms: 9,
+            },
+        )
+        .unwrap();
+        let records = load_node_records(&conn, "r", "n").unwrap();
+        assert_eq!(records.run.map(|run| run.run_id), Some("r".to_string()));
+        let iterations: Vec<i64> = records.nodes.iter().map(|n| n.iteration).collect();
+        assert_eq!(iterations, [0, 1]);
+        let attempts: Vec<(i64, i64)> = records
+            .attempts
+            .iter()
+            .map(|a| (a.iteration, a.attempt))
+            .collect();
+        assert_eq!(attempts, [(0, 1), (0, 2), (1, 1)]);
+        assert_eq!(records.outputs.len(), 1);
+        assert_eq!(
+            load_node_records(&conn, "ghost", "n").unwrap(),
+            NodeRecords::default()
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@
 
 use super::queries::{self, map_error};
 use super::{
-    migrations, ApprovalRow, Command, EventRow, FrameRow, Mutation, NodeRow, Pragmas, Reply,
-    RunRow, RunState, StorageError, StorageHandle, StorageOptions, StorageResult, WriteOutcome,
+    migrations, ApprovalRow, AttemptRow, Command, EventRow, FrameRow, Mutation, NodeRecords,
+    NodeRow, Pragmas, Reply, RunRow, RunState, StorageError, StorageHandle, StorageOptions,
+    StorageResult, WriteOutcome,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::thread::JoinHandle;
@@ -199,6 +200,9 @@ enum Answer {
     Approval(StorageResult<Option<ApprovalRow>>),
     Events(StorageResult<Vec<EventRow>>),
     Frame(StorageResult<Option<FrameRow>>),
+    LatestFrame(StorageResult<Option<i64>>),
+    FrameSource(StorageResult<Option<(FrameRow, Vec<AttemptRow>)>>),
+    NodeRecords(StorageResult<NodeRecords>),
     Pragmas(StorageResult<Pragmas>),
     Lines(StorageResult<Vec<String>>),
 }
@@ -216,6 +220,9 @@ impl Answer {
             Answer::Approval(result) => result.as_ref().err(),
             Answer::Events(result) => result.as_ref().err(),
             Answer::Frame(result) => result.as_ref().err(),
+            Answer::LatestFrame(result) => result.as_ref().err(),
+            Answer::FrameSource(result) => result.as_ref().err(),
+            Answer::NodeRecords(result) => result.as_ref().err(),
             Answer::Pragmas(result) => result.as_ref().err(),
             Answer::Lines(result) => result.as_ref().err(),
         }
@@ -236,6 +243,9 @@ impl Answer {
             Command::GetApproval { .. } => Answer::Approval(Err(error)),
             Command::ListEvents { .. } => Answer::Events(Err(error)),
             Command::GetFrame { .. } => Answer::Frame(Err(error)),
+            Command::LatestFrame { .. } => Answer::LatestFrame(Err(error)),
+            Command::GetFrameSource { .. } => Answer::FrameSource(Err(error)),
+            Command::LoadNodeRecords { .. } => Answer::NodeRecords(Err(error)),
             Command::Pragmas { .. } => Answer::Pragmas(Err(error)),
             Command::IntegrityCheck { .. } => Answer::Lines(Err(error)),
         }
@@ -436,6 +446,15 @@ fn execute(conn: &Connection, command: &Command) -> Answer {
         Command::GetFrame {
             run_id, frame_no, ..
         } => Answer::Frame(queries::get_frame(conn, run_id, *frame_no)),
+        Command::LatestFrame { run_id, .. } => {
+            Answer::LatestFrame(queries::latest_frame(conn, run_id))
+        }
+        Command::GetFrameSource {
+            run_id, frame_no, ..
+        } => Answer::FrameSource(queries::get_frame_source(conn, run_id, *frame_no)),
+        Command::LoadNodeRecords {
+            run_id, node_id, ..
+        } => Answer::NodeRecords(queries::load_node_records(conn, run_id, node_id)),
         Command::Pragmas { .. } => Answer::Pragmas(queries::read_pragmas(conn)),
         Command::IntegrityCheck { .. } => Answer::Lines(queries::integrity_check(conn)),
     }
@@ -465,6 +484,11 @@ fn deliver(command: Command, answer: Answer) {
         (Command::GetApproval { reply, .. }, Answer::Approval(result)) => send(reply, result),
         (Command::ListEvents { reply, .. }, Answer::Events(result)) => send(reply, result),
         (Command::GetFrame { reply, .. }, Answer::Frame(result)) => send(reply, result),
+        (Command::LatestFrame { reply, .. }, Answer::LatestFrame(result)) => send(reply, result),
+        (Command::GetFrameSource { reply, .. }, Answer::FrameSource(result)) => send(reply, result),
+        (Command::LoadNodeRecords { reply, .. }, Answer::NodeRecords(result)) => {
+            send(reply, result)
+        }
         (Command::Pragmas { reply }, Answer::Pragmas(result)) => send(reply, result),
         (Command::IntegrityCheck { reply }, Answer::Lines(result)) => send(reply, result),
         (command, _) => {
