@@ -18,6 +18,7 @@
 //!
 //! Must never: hold its lock while building or waiting, or keep a run's entries once the run has
 //! no stream.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::delta::{diff, DeltaError};
 use super::snapshot::{build, empty, FrameSource, Snapshot, SnapshotError};
