@@ -401,10 +401,10 @@ impl Client {
         self.outbox.sends = sends;
     }
 
-    /// Waits up to `timeout_ms` for readiness and handles everything that is ready.
-    pub fn poll(&mut self, timeout_ms: i32, sink: &mut dyn Sink) -> io::Result<usize> {
+    /// Waits up to `timeout_ns` for readiness and handles everything that is ready.
+    pub fn poll(&mut self, timeout_ns: u64, sink: &mut dyn Sink) -> io::Result<usize> {
         let mut events = std::mem::take(&mut self.events);
-        let n = match self.epoll.wait(&mut events, timeout_ms) {
+        let n = match self.epoll.wait(&mut events, timeout_ns) {
             Ok(n) => n,
             Err(error) => {
                 self.events = events;

@@ -299,7 +299,7 @@ impl Report {
                     &|v| v <= 130.0,
                 );
             }
-            "backpressure" => {
+            "backpressure" if self.settings.bound == crate::scenarios::Bound::Stream => {
                 let budget = self.gateway("stall", "cut_budget_ms");
                 let cut = self.gateway("stall", "cut_after_ms");
                 add(

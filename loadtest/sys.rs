@@ -92,13 +92,18 @@ pub fn raise_nofile_limit_in_child() -> io::Result<()> {
 
 pub struct Epoll {
     fd: RawFd,
+    /// epoll_pwait2 (nanosecond timeouts, Linux 5.11) answered ENOSYS once: use epoll_wait.
+    no_pwait2: std::cell::Cell<bool>,
 }
 
 impl Epoll {
     pub fn new() -> io::Result<Epoll> {
         // SAFETY: creates a descriptor we own and close in Drop.
         let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        Ok(Epoll { fd })
+        Ok(Epoll {
+            fd,
+            no_pwait2: std::cell::Cell::new(false),
+        })
     }
 
     pub fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
@@ -116,11 +121,39 @@ impl Epoll {
         }
     }
 
-    /// Waits at most `timeout_ms` and returns how many entries of `events` were filled.
-    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+    /// Waits at most `timeout_ns` and returns how many entries of `events` were filled. A
+    /// nanosecond timeout lets a fixed-rate publisher sleep until its next publish instead of
+    /// spinning through sub-millisecond gaps.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ns: u64) -> io::Result<usize> {
         let capacity = events.len().min(i32::MAX as usize) as i32;
-        // SAFETY: the kernel writes at most `capacity` entries into the slice.
-        let n = unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), capacity, timeout_ms) };
+        let n = if timeout_ns == 0 || self.no_pwait2.get() {
+            let timeout_ms = timeout_ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32;
+            // SAFETY: the kernel writes at most `capacity` entries into the slice.
+            unsafe { libc::epoll_wait(self.fd, events.as_mut_ptr(), capacity, timeout_ms) }
+        } else {
+            let timeout = libc::timespec {
+                tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+            };
+            // SAFETY: epoll_pwait2(2) writes at most `capacity` entries into the slice and reads
+            // one timespec we own; a null sigmask means "no change".
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.fd,
+                    events.as_mut_ptr(),
+                    capacity,
+                    &timeout as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+                self.no_pwait2.set(true);
+                return self.wait(events, timeout_ns);
+            }
+            n as libc::c_int
+        };
         if n < 0 {
             let error = io::Error::last_os_error();
             if error.kind() == io::ErrorKind::Interrupted {

@@ -244,19 +244,26 @@ fn phases(
     let frames_per_subscriber_s =
         recorder.frames as f64 / n.max(1) as f64 / window.seconds.max(1e-9);
     stall.set("frames_per_subscriber_per_s", frames_per_subscriber_s);
-    let bound_frames = match settings.bound {
-        Bound::Stream => STREAM_FRAMES_BOUND,
-        Bound::Connection => settings
-            .outbound_bytes_max
-            .map_or(f64::NAN, |bytes| bytes as f64 / settings.frame_bytes as f64),
-    };
-    if frames_per_subscriber_s > 0.0 && server.kind == Kind::Gateway {
+    if frames_per_subscriber_s > 0.0
+        && server.kind == Kind::Gateway
+        && settings.bound == Bound::Stream
+    {
         stall.set(
             "cut_budget_ms",
-            (bound_frames + KERNEL_FRAMES) / frames_per_subscriber_s * 1_000.0 + 20.0,
+            (STREAM_FRAMES_BOUND + KERNEL_FRAMES) / frames_per_subscriber_s * 1_000.0 + 20.0,
         );
     }
+    // Frames each published line becomes for one subscriber (the gateway also broadcasts a
+    // task.heartbeat per stderr line).
+    let frames_per_line =
+        recorder.frames as f64 / (n.max(1) as f64 * recorder.published_measured.max(1) as f64);
+    let first_stalled_id = recorder
+        .published
+        .iter()
+        .position(|p| p.at_ns >= stall_at)
+        .unwrap_or(recorder.published.len());
     let mut cut_ms = Vec::new();
+    let mut frames_before_cut = Vec::new();
     let mut uncut = 0;
     for &conn in stalled {
         let per = recorder.per_conn.get(conn).cloned().unwrap_or_default();
@@ -264,11 +271,18 @@ fn phases(
             .closed
             .iter()
             .any(|(c, _, reason)| *c == conn && matches!(reason, CloseReason::CloseFrame(1013, _)));
+        if server.kind != Kind::Gateway {
+            uncut += 1;
+            continue;
+        }
         match settings.bound {
-            Bound::Stream if server.kind == Kind::Gateway => match (&per.stream_error, per.first_raw_id_after_error) {
+            Bound::Stream => match (&per.stream_error, per.first_raw_id_after_error) {
                 (Some(code), Some(id)) if code == "BackpressureDisconnect" => {
                     if let Some(published) = recorder.published.get(id as usize) {
                         cut_ms.push(published.at_ns.saturating_sub(stall_at) as f64 / 1e6);
+                        frames_before_cut.push(
+                            (id as usize).saturating_sub(first_stalled_id) as f64 * frames_per_line,
+                        );
                     }
                 }
                 (Some(code), _) => outcome.notes.push(format!(
@@ -276,12 +290,11 @@ fn phases(
                 )),
                 (None, _) => uncut += 1,
             },
-            Bound::Connection if server.kind == Kind::Gateway => {
+            Bound::Connection => {
                 if !closed_1013 {
                     uncut += 1;
                 }
             }
-            _ => uncut += 1,
         }
     }
     if settings.bound == Bound::Connection {
@@ -290,6 +303,9 @@ fn phases(
                 .iter()
                 .map(|t| t.saturating_sub(stall_at) as f64 / 1e6),
         );
+    }
+    if let Some(frames) = median(&frames_before_cut) {
+        stall.set("frames_before_cut", frames);
     }
     stall.set("cuts", cut_ms.len() as f64);
     stall.set("stalled_not_cut", uncut as f64);

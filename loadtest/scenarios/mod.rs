@@ -29,8 +29,8 @@ use std::time::Duration;
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A published event in flight longer than this is reported as incomplete, not waited for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Epoll waits are at most this long, so deadlines and publish times are kept to the millisecond.
-const POLL_MS: i32 = 1;
+/// Epoll waits are at most this long, so deadlines are kept to the millisecond.
+const POLL_NS: u64 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -200,7 +200,7 @@ pub fn handshake_for(server: &Server) -> Handshake {
 /// Polls until `deadline_ns`.
 pub fn pump(client: &mut Client, recorder: &mut Recorder, deadline_ns: u64) -> Result<()> {
     while sys::now_ns() < deadline_ns {
-        client.poll(POLL_MS, recorder)?;
+        client.poll(POLL_NS, recorder)?;
     }
     Ok(())
 }
@@ -243,7 +243,7 @@ pub fn open_many(
                 .map_err(|e| anyhow!("opening {what} ({} so far): {e}", opened.len()))?;
             opened.push(conn);
         }
-        client.poll(POLL_MS, recorder)?;
+        client.poll(POLL_NS, recorder)?;
         let now = sys::now_ns();
         if recorder.ready != last_ready {
             last_ready = recorder.ready;
@@ -281,7 +281,7 @@ pub fn publisher_for(
                         client.failures.first.clone().unwrap_or_default()
                     );
                 }
-                client.poll(POLL_MS, recorder)?;
+                client.poll(POLL_NS, recorder)?;
             }
             Ok(Publisher::WebSocket { conn })
         }
@@ -343,7 +343,7 @@ pub fn closed_loop(
                 break;
             }
         }
-        client.poll(POLL_MS, recorder)?;
+        client.poll(POLL_NS, recorder)?;
         check_subscribers(recorder)?;
         if recorder.completed != last_completed {
             last_completed = recorder.completed;
@@ -389,9 +389,8 @@ pub fn open_loop(
                 recorder.outstanding()
             );
         }
-        let wait_ms =
-            (next_at.saturating_sub(sys::now_ns()) / 1_000_000).min(POLL_MS as u64) as i32;
-        client.poll(wait_ms, recorder)?;
+        let wait_ns = next_at.saturating_sub(sys::now_ns()).min(POLL_NS);
+        client.poll(wait_ns, recorder)?;
         check_subscribers(recorder)?;
     }
 }
@@ -413,7 +412,7 @@ fn check_subscribers(recorder: &Recorder) -> Result<()> {
 pub fn drain(client: &mut Client, recorder: &mut Recorder) -> Result<u64> {
     let deadline = sys::now_ns() + DRAIN_TIMEOUT.as_nanos() as u64;
     while recorder.outstanding() > 0 && sys::now_ns() < deadline {
-        client.poll(POLL_MS, recorder)?;
+        client.poll(POLL_NS, recorder)?;
     }
     Ok(recorder.outstanding())
 }
@@ -457,7 +456,7 @@ pub fn request_all(
                 conns.len()
             );
         }
-        client.poll(POLL_MS, recorder)?;
+        client.poll(POLL_NS, recorder)?;
     }
     Ok(recorder
         .replies
