@@ -488,6 +488,8 @@ fn real_main() -> Result<ExitCode> {
     if common.url.is_some() && token.is_empty() {
         bail!("--url needs --token (or SMITHERS_TOKEN)");
     }
+    // Taken before the first run, so the load average shows what else was running.
+    let setup = report::setup(pinning, nofile);
     let mut records = Vec::new();
     let mut given_up: Vec<Kind> = Vec::new();
     for run in 0..common.runs {
@@ -523,7 +525,7 @@ fn real_main() -> Result<ExitCode> {
             });
         }
     }
-    let report = report::Report::build(report::setup(pinning, nofile), settings, records);
+    let report = report::Report::build(setup, settings, records);
     if common.json {
         eprint!("{}", report.table());
         println!("{}", report.json());

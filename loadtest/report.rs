@@ -69,6 +69,8 @@ pub struct Setup {
     pub command: String,
     pub nofile_limit: u64,
     pub pinning: String,
+    /// /proc/loadavg when the invocation started: other work on a shared machine shows here.
+    pub load_average: String,
 }
 
 type Medians = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
@@ -379,7 +381,7 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "loadtest {} — medians of {} gateway run(s) and {} baseline run(s), {} on {} ({} CPUs, {})",
+            "loadtest {} — medians of {} gateway run(s) and {} baseline run(s), {} on {} ({} CPUs, {}; load average at start {})",
             self.scenario,
             runs_ok("gateway"),
             runs_ok("baseline"),
@@ -387,6 +389,7 @@ impl Report {
             self.setup.machine,
             self.setup.cpus,
             self.setup.pinning,
+            self.setup.load_average.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         );
         let empty = BTreeMap::new();
         for phase in &self.phases {
@@ -608,6 +611,7 @@ pub fn setup(pinning: String, nofile_limit: u64) -> Setup {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         nofile_limit,
         pinning,
+        load_average: read("/proc/loadavg"),
     }
 }
 
