@@ -139,9 +139,10 @@ struct Common {
     /// SQLite durability of the spawned gateway: full (its default) or normal.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     synchronous: String,
-    /// Handshakes in flight while opening connections.
-    #[arg(long, default_value_t = 128)]
-    connect_parallel: usize,
+    /// Handshakes in flight while opening connections [default: 128; with --url 32, under the
+    /// gateway's default maxPreAuthConnections of 64].
+    #[arg(long)]
+    connect_parallel: Option<usize>,
     /// Keep the spawned servers' scratch directories (data, logs).
     #[arg(long)]
     keep: bool,
@@ -379,7 +380,8 @@ fn resolve(command: Command) -> Result<(Settings, Common, u64)> {
     settings.duration = common.duration;
     settings.warmup = common.warmup;
     settings.frame_bytes = common.frame_bytes;
-    settings.connect_parallel = common.connect_parallel.max(1);
+    let default_parallel = if common.url.is_some() { 32 } else { 128 };
+    settings.connect_parallel = common.connect_parallel.unwrap_or(default_parallel).max(1);
     settings.check = common.check;
     if common.runs == 0 || common.runs > 101 {
         bail!("--runs must be 1..=101");

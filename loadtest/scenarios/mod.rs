@@ -235,7 +235,12 @@ pub fn open_many(
                 .clone()
                 .or_else(|| recorder.closed.last().map(|(_, _, r)| r.to_string()))
                 .unwrap_or_default();
-            bail!("opening {what}: {ready} of {n} ready, then a connection failed: {why}");
+            let hint = if why.contains(" 503 ") {
+                " (the server's maxConnections or maxPreAuthConnections is full: raise them, or lower --connect-parallel)"
+            } else {
+                ""
+            };
+            bail!("opening {what}: {ready} of {n} ready, then a connection failed: {why}{hint}");
         }
         while opened.len() < n && opened.len() - ready < parallel {
             let conn = client
