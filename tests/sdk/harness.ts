@@ -4,7 +4,7 @@
 // cut the SDK's socket and hold its reconnection. The SDK itself is used unchanged.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { cpSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -52,6 +52,8 @@ export type Gateway = {
   token: string;
   dataDir: string;
   workflowsDir: string;
+  /** The workflow keys the gateway was given (`name`, else the file stem), sorted. */
+  workflowKeys: string[];
   stderr: () => string;
   stop: () => Promise<void>;
 };
@@ -65,11 +67,18 @@ export async function startGateway(): Promise<Gateway> {
   const binary = gatewayBinary();
   const dataDir = mkdtempSync(join(tmpdir(), "sgw-sdk-data-"));
   const workflowsDir = mkdtempSync(join(tmpdir(), "sgw-sdk-wf-"));
+  const workflowKeys: string[] = [];
   for (const dir of [join(repoRoot, "workflows"), join(here, "workflows")]) {
     for (const name of readdirSync(dir)) {
-      if (name.endsWith(".toml")) cpSync(join(dir, name), join(workflowsDir, name));
+      if (!name.endsWith(".toml")) continue;
+      cpSync(join(dir, name), join(workflowsDir, name));
+      // Top-level keys come before the first table header.
+      const top = readFileSync(join(dir, name), "utf8").split(/^\[/m)[0];
+      const declared = /^name\s*=\s*"([^"]+)"/m.exec(top);
+      workflowKeys.push(declared ? declared[1] : name.slice(0, -".toml".length));
     }
   }
+  workflowKeys.sort();
   const child: ChildProcess = spawn(
     binary,
     [
@@ -131,7 +140,7 @@ export async function startGateway(): Promise<Gateway> {
   };
   try {
     const { baseUrl, token } = await within(`gateway start (${binary})`, 20_000, ready);
-    return { baseUrl, token, dataDir, workflowsDir, stderr: () => stderr, stop };
+    return { baseUrl, token, dataDir, workflowsDir, workflowKeys, stderr: () => stderr, stop };
   } catch (error) {
     await stop();
     throw error;
