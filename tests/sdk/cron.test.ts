@@ -1,7 +1,7 @@
 // Cron through the official client SDK: cronRun (by workflow and by cron id), cronCreate,
 // cronList, cronDelete and their errors, against the real gateway binary.
 // Needs the cron methods (METHODS.md §3.24–3.27); run it with
-// `node_modules/.bin/bun test ./cron.test.ts` in tests/sdk.
+// `npm run test:cron` in tests/sdk.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { SmithersGatewayClient } from "@smithers-orchestrator/gateway-client";

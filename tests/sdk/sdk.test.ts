@@ -1,7 +1,7 @@
 // The official client SDK (@smithers-orchestrator/gateway-client 0.32.0, unmodified) against the
 // real gateway binary: connect, listWorkflows, launchRun, streamRunEventsResilient (with a cut
 // connection resumed without loss), an approval, a signal, and errors as GatewayRpcError.
-// Run: `node_modules/.bin/bun test ./sdk.test.ts` in tests/sdk (docs/TESTING.md).
+// Run: `npm test` in tests/sdk (docs/TESTING.md); $SMITHERS_GATEWAY_BIN names the binary.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { SmithersGatewayClient } from "@smithers-orchestrator/gateway-client";
