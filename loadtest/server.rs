@@ -102,6 +102,8 @@ pub struct Server {
     /// Scratch directory for FIFOs (and, for a spawned gateway, its data and workflows).
     pub dir: PathBuf,
     pub external: bool,
+    /// The CPU a spawned server is pinned to (its core's busy time is read from /proc/stat).
+    pub cpu: Option<usize>,
     child: Option<Child>,
     log: Option<PathBuf>,
     keep_dir: bool,
@@ -269,6 +271,7 @@ impl Server {
             child: Some(child),
             log: Some(log),
             keep_dir: options.keep_dirs,
+            cpu: options.server_cpu,
         })
     }
 
@@ -308,6 +311,7 @@ impl Server {
             child: None,
             log: None,
             keep_dir: keep_dirs,
+            cpu: None,
         })
     }
 
@@ -353,6 +357,7 @@ impl Server {
             child: Some(child),
             log: Some(log),
             keep_dir: options.keep_dirs,
+            cpu: options.server_cpu,
         })
     }
 

@@ -107,11 +107,13 @@ pub struct Snapshot {
     pub client_cpu_ns: u64,
     pub server_rss: u64,
     pub server_rss_anon: u64,
+    /// (busy, total, softirq) ticks of the server's CPU when it is pinned.
+    pub server_core: Option<(u64, u64, u64)>,
 }
 
 impl Snapshot {
     /// Reads /proc for `server_pid`; a vanished server reads as zeros and is reported elsewhere.
-    pub fn take(server_pid: u32) -> Snapshot {
+    pub fn take(server_pid: u32, server_cpu: Option<usize>) -> Snapshot {
         let (server_rss, server_rss_anon) = sys::process_memory(server_pid).unwrap_or((0, 0));
         Snapshot {
             at_ns: sys::now_ns(),
@@ -119,6 +121,7 @@ impl Snapshot {
             client_cpu_ns: sys::self_cpu_ns(),
             server_rss,
             server_rss_anon,
+            server_core: server_cpu.and_then(sys::cpu_ticks),
         }
     }
 }
@@ -130,6 +133,9 @@ pub struct Window {
     pub server_cpu_ns: u64,
     pub client_cpu_ns: u64,
     pub end: Snapshot,
+    /// Busy and softirq share of the server's CPU, in percent (pinned servers only).
+    pub server_core_busy_pct: Option<f64>,
+    pub server_core_softirq_pct: Option<f64>,
 }
 
 impl Window {
@@ -139,6 +145,8 @@ impl Window {
             server_cpu_ns: end.server_cpu_ns.saturating_sub(start.server_cpu_ns),
             client_cpu_ns: end.client_cpu_ns.saturating_sub(start.client_cpu_ns),
             end: *end,
+            server_core_busy_pct: core_share(start, end, |(busy, _, _)| busy),
+            server_core_softirq_pct: core_share(start, end, |(_, _, softirq)| softirq),
         }
     }
 
@@ -149,6 +157,12 @@ impl Window {
     pub fn client_cpu_percent(&self) -> f64 {
         percent(self.client_cpu_ns, self.seconds)
     }
+}
+
+fn core_share(start: &Snapshot, end: &Snapshot, part: fn((u64, u64, u64)) -> u64) -> Option<f64> {
+    let (a, b) = (start.server_core?, end.server_core?);
+    let total = b.1.checked_sub(a.1).filter(|t| *t > 0)?;
+    Some(part(b).saturating_sub(part(a)) as f64 / total as f64 * 100.0)
 }
 
 fn percent(cpu_ns: u64, seconds: f64) -> f64 {

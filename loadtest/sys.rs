@@ -402,3 +402,24 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Ticks of one CPU from /proc/stat: (busy, total, softirq). Busy is everything but idle and
+/// iowait. Softirq time (loopback receive processing, among others) is not charged to any
+/// process, so a server's own utime + stime can be well below its core's busy time.
+pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let prefix = format!("cpu{cpu} ");
+    let line = text.lines().find(|line| line.starts_with(&prefix))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = values.as_slice() else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((busy, busy + idle + iowait, *softirq))
+}

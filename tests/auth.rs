@@ -1737,7 +1737,8 @@ fn spawn_binary(dir: &Path, run: &str, config: Option<&str>, admin: bool) -> Spa
         ])
         .arg(dir.join("data"))
         .env("RUST_LOG", "debug")
-        .env("NO_COLOR", "1")
+        // Not a terminal, and no NO_COLOR either: the binary itself must keep logs plain.
+        .env_remove("NO_COLOR")
         .env_remove("SMITHERS_GATEWAY_TRUST_ANY_HOST")
         .env_remove("GATEWAY_LOG_FORMAT")
         .stdin(std::process::Stdio::null())
@@ -1865,6 +1866,11 @@ fn binary_logs_never_contain_tokens() {
         assert!(stderr.contains("gateway started"), "{run}: {stderr}");
         assert!(stderr.contains("connected"), "{run}: {stderr}");
         assert!(stderr.contains("HTTP RPC refused"), "{run}: {stderr}");
+        // Captured stderr is not a terminal: plain text, no colour codes.
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{run}: ANSI codes in redirected logs"
+        );
         let mut secrets: Vec<&str> = vec![valid, jwt_secret];
         secrets.extend(invalid.iter().copied());
         for secret in secrets {

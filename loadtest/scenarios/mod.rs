@@ -131,6 +131,12 @@ impl Phase {
     pub fn window(&mut self, window: &Window, units: u64, unit_name: &str, connections: usize) {
         self.set("seconds", window.seconds);
         self.set("server_cpu_pct", window.server_cpu_percent());
+        if let Some(busy) = window.server_core_busy_pct {
+            self.set("server_core_busy_pct", busy);
+        }
+        if let Some(softirq) = window.server_core_softirq_pct {
+            self.set("server_core_softirq_pct", softirq);
+        }
         let client = window.client_cpu_percent();
         self.set("client_cpu_pct", client);
         self.set("client_bound", if client > 90.0 { 1.0 } else { 0.0 });
@@ -424,7 +430,7 @@ pub fn drain(client: &mut Client, recorder: &mut Recorder) -> Result<u64> {
 
 /// Takes a snapshot of the server and the client.
 pub fn snapshot(server: &Server) -> Snapshot {
-    Snapshot::take(server.pid)
+    Snapshot::take(server.pid, server.cpu)
 }
 
 /// Sends a request frame (masked) with `id` on each connection and waits for every answer.
