@@ -108,7 +108,8 @@ pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartErro
 
 impl Gateway {
     /// Stops accepting and closes sockets (waiting for the workers), then the cron scheduler (it
-    /// launches through the engine), then the engine, and finally storage: its thread ends once the last handle is gone, after its last commit.
+    /// launches through the engine), then the engine, and finally storage: its thread ends once
+    /// the last handle is gone, after its last commit.
     pub fn shutdown(self) {
         let Gateway {
             server,

@@ -17,7 +17,7 @@ const FIXTURES: &str = concat!(
 const DEVIATIONS: &[(&str, &str)] = &[
     (
         "0 0 31 4,6,9,11 *",
-        "never fires; cron-parser returns non-matching dates after 10,000 search steps, we refuse it",
+        "never fires; cron-parser returns non-matching dates after 10,000 steps, we refuse it",
     ),
     (
         "0 0 * 2 1#5",

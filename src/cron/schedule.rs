@@ -6,6 +6,9 @@
 //! day matches either one (Vixie cron's rule, which cron-parser follows).
 //!
 //! Times are evaluated in UTC (docs/DECISIONS.md: the reference uses the server's local zone).
+//! Not supported, on purpose: cron-parser's hashed `H` values (seeded per process, so a schedule
+//! would move between restarts), fewer than five fields and the empty pattern (cron-parser pads
+//! or defaults them); each is a typed error.
 //!
 //! Pure and total: no IO, no clock, no panic on any input, and every search is bounded. A pattern
 //! that can never fire is refused when it is parsed (`0 0 30 2 *`, like cron-parser) or, for the

@@ -230,7 +230,12 @@ impl Scheduler {
                     report.fired += 1;
                 }
                 Err(error) => {
-                    tracing::warn!(cron_id = %due.cron_id, code = error.code.as_str(), message = %error.message, "cron fire failed");
+                    tracing::warn!(
+                        cron_id = %due.cron_id,
+                        code = error.code.as_str(),
+                        message = %error.message,
+                        "cron fire failed"
+                    );
                     self.record_failure(&due.cron_id, now_ms, &error.message);
                     report.failed += 1;
                 }
@@ -404,7 +409,10 @@ mod tests {
         let mut registry = Registry::default();
         let mut workflow = crate::engine::workflow::parse_workflow(
             std::path::Path::new("every-minute.toml"),
-            "schedule = \"* * * * *\"\n[[nodes]]\nkind = \"task\"\nid = \"t\"\noutput = { ok = true }\n",
+            concat!(
+                "schedule = \"* * * * *\"\n",
+                "[[nodes]]\nkind = \"task\"\nid = \"t\"\noutput = { ok = true }\n"
+            ),
         )
         .unwrap();
         workflow.key = "every-minute".into();
