@@ -4,6 +4,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::cron::scheduler::{self, Scheduler, SchedulerThread};
 use crate::engine::core::{self as engine, EngineHandle, EngineOptions};
 use crate::engine::workflow::{load_dir, Registry};
 use crate::events::hub::Hub;
@@ -42,6 +43,7 @@ pub struct Gateway {
     pub server: Server,
     engine: EngineHandle,
     engine_thread: Option<std::thread::JoinHandle<()>>,
+    cron_thread: Option<SchedulerThread>,
     storage_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -64,6 +66,18 @@ pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartErro
         hub.clone(),
         options.engine,
     )?;
+    // Workflow schedules become `gateway:<key>` rows before anything can list or fire them;
+    // the scheduler's first tick comes one poll interval later.
+    let now_ms = i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX);
+    scheduler::sync_schedules(&storage, &registry, now_ms)?;
+    let cron_thread = scheduler::start(
+        Scheduler {
+            storage: storage.clone(),
+            engine: engine.clone(),
+            registry: registry.clone(),
+        },
+        std::time::Duration::from_millis(scheduler::poll_interval_ms(config.gateway.heartbeat_ms)),
+    )?;
     let services = Services {
         hub,
         registry,
@@ -73,29 +87,42 @@ pub fn start(config: Config, options: StartOptions) -> Result<Gateway, StartErro
     };
     let gateway = config.gateway.clone();
     let authenticator = options.authenticator;
-    let server = Server::start(config, move |port| {
+    let server = match Server::start(config, move |port| {
         GatewayState::new(gateway, authenticator, services, port)
-    })?;
+    }) {
+        Ok(server) => server,
+        Err(error) => {
+            // Nothing may fire for a gateway that never started.
+            cron_thread.stop();
+            return Err(error.into());
+        }
+    };
     Ok(Gateway {
         server,
         engine,
         engine_thread: Some(engine_thread),
+        cron_thread: Some(cron_thread),
         storage_thread: Some(storage_thread),
     })
 }
 
 impl Gateway {
-    /// Stops accepting and closes sockets (waiting for the workers), then stops the engine, and
-    /// finally storage: its thread ends once the last handle is gone, after its last commit.
+    /// Stops accepting and closes sockets (waiting for the workers), then the cron scheduler (it
+    /// launches through the engine), then the engine, and finally storage: its thread ends once
+    /// the last handle is gone, after its last commit.
     pub fn shutdown(self) {
         let Gateway {
             server,
             engine,
             engine_thread,
+            cron_thread,
             storage_thread,
         } = self;
         server.shutdown();
         server.join();
+        if let Some(cron_thread) = cron_thread {
+            cron_thread.stop();
+        }
         engine.stop();
         drop(engine);
         if let Some(thread) = engine_thread {

@@ -23,6 +23,8 @@ pub mod storage;
 pub mod events;
 // Workflow definitions, frame rendering and the engine thread.
 pub mod engine;
+// Cron expressions (cron-parser 5.x semantics) and the scheduler.
+pub mod cron;
 // DevTools: snapshots, deltas, the stream hub, node output and diff payloads.
 pub mod devtools;
 // Assembles storage, engine, hub and workers into a running gateway.

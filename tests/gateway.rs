@@ -37,3 +37,6 @@ mod fanout;
 // DevTools: snapshots, node output and diff, streamDevTools (deltas, rebaselines, backpressure).
 #[path = "devtools.rs"]
 mod devtools;
+// Cron: the four methods and legacy names, scopes, schedules, scheduled fires, restart policy.
+#[path = "cron.rs"]
+mod cron;

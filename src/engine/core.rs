@@ -162,6 +162,8 @@ enum Message {
     Resume(String, AuthContext, Reply<&'static str>),
     Decide(DecisionRequest, Reply<()>),
     Signal(SignalRequest, Reply<SignalOutcome>),
+    /// A scheduled cron fire: a launch whose turn broadcasts `cron.triggered` first (cron id).
+    CronFire(LaunchRequest, String, Reply<LaunchOutcome>),
     Stop,
 }
 
@@ -183,6 +185,7 @@ impl std::fmt::Debug for Message {
             Message::Resume(..) => "Resume",
             Message::Decide(..) => "Decide",
             Message::Signal(..) => "Signal",
+            Message::CronFire(..) => "CronFire",
             Message::Stop => "Stop",
         })
     }
@@ -228,6 +231,21 @@ impl EngineHandle {
         let (reply, receiver) = flume::bounded(1);
         self.sender
             .send(Message::Launch(request, reply))
+            .map_err(|_| unavailable())?;
+        receiver.recv().map_err(|_| unavailable())?
+    }
+
+    /// Launches the run of a scheduled cron fire (`cron::scheduler`): like `launch_blocking`, and
+    /// the same turn broadcasts `cron.triggered` `{cronId, workflow, runId}` (EVENTS.md §2.3)
+    /// ahead of the run's own events, after COMMIT like every broadcast.
+    pub fn fire_cron_blocking(
+        &self,
+        request: LaunchRequest,
+        cron_id: String,
+    ) -> Result<LaunchOutcome, RpcError> {
+        let (reply, receiver) = flume::bounded(1);
+        self.sender
+            .send(Message::CronFire(request, cron_id, reply))
             .map_err(|_| unavailable())?;
         receiver.recv().map_err(|_| unavailable())?
     }
@@ -630,6 +648,27 @@ impl Engine {
                     let _ = reply.send(Err(error));
                 }
             },
+            Message::CronFire(request, cron_id, reply) => {
+                // Everything the launch broadcasts comes after this mark.
+                let mark = self.turn.broadcasts.len();
+                match self.launch(request) {
+                    Ok(outcome) => {
+                        let payload = object(vec![
+                            ("cronId", Value::from(cron_id.as_str())),
+                            ("workflow", Value::from(outcome.workflow.as_str())),
+                            ("runId", Value::from(outcome.run_id.as_str())),
+                        ]);
+                        let at = mark.min(self.turn.broadcasts.len());
+                        self.turn
+                            .broadcasts
+                            .insert(at, ("cron.triggered".into(), payload));
+                        self.reply_after_commit(reply, outcome)
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
             Message::Stop => return true,
         }
         false

@@ -830,6 +830,15 @@ fn parse_workflow_with_name_line(
     let readable_name = loader.optional_non_empty_string(table, "readable_name")?;
     let description = loader.optional_string(table, "description")?;
     let schedule = loader.optional_non_empty_string(table, "schedule")?;
+    if let (Some(pattern), Some(value)) = (&schedule, table.get("schedule")) {
+        // A schedule that cannot be read would otherwise only show up as a failed fire.
+        crate::cron::schedule::parse(pattern).map_err(|error| {
+            loader.error(
+                value,
+                format!("`schedule` is not a valid cron pattern: {error}"),
+            )
+        })?;
+    }
     let system = loader.optional_boolean(table, "system")?.unwrap_or(false);
     let ui_dir = match table.get("ui") {
         None => None,
@@ -1762,6 +1771,7 @@ mod tests {
             (format!("{task}\nsystem = true\n"), 6, "unknown key `system` in a task node"),
             (format!("descripton = \"x\"\n{task}"), 1, "unknown key `descripton` in the workflow file"),
             (format!("schedule = \"\"\n{task}"), 1, "`schedule` must not be empty"),
+            (format!("\nschedule = \"0 0 30 2 *\"\n{task}"), 2, "`schedule` is not a valid cron pattern: Invalid explicit day of month definition"),
             (format!("[ui]\n\n{task}"), 1, "`ui` needs `dir`"),
             (format!("{task}[ui]\ndir = \"x\"\nbundle = \"y\"\n"), 7, "unknown key `bundle` in `ui`"),
             // Nodes.

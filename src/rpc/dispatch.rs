@@ -3,6 +3,7 @@
 //! Handlers receive params as sent; non-objects are treated as `{}` by each handler.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::cron;
 use super::devtools;
 use super::frame::object;
 use super::methods;
@@ -127,6 +128,10 @@ pub async fn dispatch(
         "listApprovals" | "approvals.list" => methods::list_approvals(context, params).await,
         "submitApproval" | "approvals.decide" => methods::submit_approval(context, params).await,
         "submitSignal" | "signals.send" => methods::submit_signal(context, params).await,
+        "cronList" | "cron.list" => cron::cron_list(context, params).await,
+        "cronCreate" | "cron.add" => cron::cron_create(context, params).await,
+        "cronDelete" | "cron.remove" => cron::cron_delete(context, params).await,
+        "cronRun" | "cron.trigger" => cron::cron_run(context, params).await,
         _ if method.starts_with("ext.") => Err(RpcError::new(
             ErrorCode::ExtensionMethodNotFound,
             format!("Unknown extension method: {method}"),

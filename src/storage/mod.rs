@@ -147,6 +147,20 @@ pub struct EventRow {
     pub payload_json: String,
 }
 
+/// `_smithers_cron`, PK `cron_id` (DATA.md §8). `workflow_path` is `gateway:<workflowKey>`;
+/// `error_json` holds the last failure's message as plain text despite its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronRow {
+    pub cron_id: String,
+    pub pattern: String,
+    pub workflow_path: String,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+    pub last_run_at_ms: Option<i64>,
+    pub next_run_at_ms: Option<i64>,
+    pub error_json: Option<String>,
+}
+
 /// One write, applied atomically together with the other mutations of its `Write` command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutation {
@@ -178,6 +192,31 @@ pub enum Mutation {
         timestamp_ms: i64,
         event_type: String,
         payload_json: String,
+    },
+    /// Insert a cron row, or update one: an existing row keeps its `created_at_ms`,
+    /// `last_run_at_ms` and `error_json`; pattern, path, enabled and `next_run_at_ms` are
+    /// replaced (METHODS.md §3.25, DATA.md §8).
+    UpsertCron(CronRow),
+    /// Delete a cron row; `NotFound` when there is none.
+    DeleteCron {
+        cron_id: String,
+    },
+    /// The scheduler's claim (DATA.md §8 step 1): a compare-and-set that succeeds only while the
+    /// row is enabled and its `next_run_at_ms` is still `expected_next_run_at_ms` (NULL matches
+    /// NULL); it sets the run times and clears `error_json`. `Conflict` when the claim is lost.
+    ClaimCron {
+        cron_id: String,
+        expected_next_run_at_ms: Option<i64>,
+        last_run_at_ms: i64,
+        next_run_at_ms: i64,
+    },
+    /// Record a run or a failure: `last_run_at_ms`, `next_run_at_ms`, `error_json`. A row deleted
+    /// in the meantime is not an error (there is nothing left to record on).
+    RecordCronRun {
+        cron_id: String,
+        last_run_at_ms: i64,
+        next_run_at_ms: Option<i64>,
+        error: Option<String>,
     },
 }
 
@@ -337,6 +376,14 @@ pub enum Command {
         run_id: String,
         node_id: String,
         reply: Reply<NodeRecords>,
+    },
+    /// Every cron row, oldest `created_at_ms` first (then by id).
+    ListCrons {
+        reply: Reply<Vec<CronRow>>,
+    },
+    GetCron {
+        cron_id: String,
+        reply: Reply<Option<CronRow>>,
     },
     Pragmas {
         reply: Reply<Pragmas>,

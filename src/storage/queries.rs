@@ -8,8 +8,9 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::{
-    ApprovalRow, AttemptRow, EventRow, FrameRow, Mutation, NodeRecords, NodeRow, OutputRow,
-    Pragmas, RunFilter, RunRow, RunState, SignalRow, StorageError, StorageResult, WriteOutcome,
+    ApprovalRow, AttemptRow, CronRow, EventRow, FrameRow, Mutation, NodeRecords, NodeRow,
+    OutputRow, Pragmas, RunFilter, RunRow, RunState, SignalRow, StorageError, StorageResult,
+    WriteOutcome,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
@@ -67,6 +68,32 @@ pub fn apply(
             outcome.event_seqs.push(seq);
             Ok(())
         }
+        Mutation::UpsertCron(row) => upsert_cron(conn, row),
+        Mutation::DeleteCron { cron_id } => delete_cron(conn, cron_id),
+        Mutation::ClaimCron {
+            cron_id,
+            expected_next_run_at_ms,
+            last_run_at_ms,
+            next_run_at_ms,
+        } => claim_cron(
+            conn,
+            cron_id,
+            *expected_next_run_at_ms,
+            *last_run_at_ms,
+            *next_run_at_ms,
+        ),
+        Mutation::RecordCronRun {
+            cron_id,
+            last_run_at_ms,
+            next_run_at_ms,
+            error,
+        } => record_cron_run(
+            conn,
+            cron_id,
+            *last_run_at_ms,
+            *next_run_at_ms,
+            error.as_deref(),
+        ),
     }
 }
 
@@ -957,6 +984,145 @@ pub fn load_node_records(
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cron (DATA.md §8)
+// ---------------------------------------------------------------------------------------------
+
+macro_rules! cron_columns {
+    () => {
+        "cron_id, pattern, workflow_path, enabled, created_at_ms, last_run_at_ms, \
+    next_run_at_ms, error_json"
+    };
+}
+
+/// Insert, or replace pattern, path, enabled and next time while keeping `created_at_ms`,
+/// `last_run_at_ms` and `error_json` (one statement, so a concurrent claim is never lost).
+pub fn upsert_cron(conn: &Connection, row: &CronRow) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached(concat!(
+            "INSERT INTO _smithers_cron (",
+            cron_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (cron_id) DO UPDATE SET pattern = excluded.pattern, \
+             workflow_path = excluded.workflow_path, enabled = excluded.enabled, \
+             next_run_at_ms = excluded.next_run_at_ms"
+        ))
+        .map_err(map_error)?;
+    statement
+        .execute(params![
+            row.cron_id,
+            row.pattern,
+            row.workflow_path,
+            row.enabled,
+            row.created_at_ms,
+            row.last_run_at_ms,
+            row.next_run_at_ms,
+            row.error_json
+        ])
+        .map_err(map_error)?;
+    Ok(())
+}
+
+pub fn delete_cron(conn: &Connection, cron_id: &str) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached("DELETE FROM _smithers_cron WHERE cron_id = ?1")
+        .map_err(map_error)?;
+    if statement.execute([cron_id]).map_err(map_error)? == 0 {
+        return Err(StorageError::NotFound(format!("cron {cron_id}")));
+    }
+    Ok(())
+}
+
+/// Compare-and-set on `next_run_at_ms` (`IS` compares NULL with NULL as equal).
+pub fn claim_cron(
+    conn: &Connection,
+    cron_id: &str,
+    expected_next_run_at_ms: Option<i64>,
+    last_run_at_ms: i64,
+    next_run_at_ms: i64,
+) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached(
+            "UPDATE _smithers_cron SET last_run_at_ms = ?3, next_run_at_ms = ?4, \
+             error_json = NULL WHERE cron_id = ?1 AND enabled = 1 AND next_run_at_ms IS ?2",
+        )
+        .map_err(map_error)?;
+    let changed = statement
+        .execute(params![
+            cron_id,
+            expected_next_run_at_ms,
+            last_run_at_ms,
+            next_run_at_ms
+        ])
+        .map_err(map_error)?;
+    if changed == 0 {
+        return Err(StorageError::Conflict(format!(
+            "cron {cron_id} was claimed, changed or removed"
+        )));
+    }
+    Ok(())
+}
+
+pub fn record_cron_run(
+    conn: &Connection,
+    cron_id: &str,
+    last_run_at_ms: i64,
+    next_run_at_ms: Option<i64>,
+    error: Option<&str>,
+) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached(
+            "UPDATE _smithers_cron SET last_run_at_ms = ?2, next_run_at_ms = ?3, \
+             error_json = ?4 WHERE cron_id = ?1",
+        )
+        .map_err(map_error)?;
+    statement
+        .execute(params![cron_id, last_run_at_ms, next_run_at_ms, error])
+        .map_err(map_error)?;
+    Ok(())
+}
+
+fn cron_from_row(row: &Row<'_>) -> rusqlite::Result<CronRow> {
+    Ok(CronRow {
+        cron_id: row.get(0)?,
+        pattern: row.get(1)?,
+        workflow_path: row.get(2)?,
+        enabled: row.get(3)?,
+        created_at_ms: row.get(4)?,
+        last_run_at_ms: row.get(5)?,
+        next_run_at_ms: row.get(6)?,
+        error_json: row.get(7)?,
+    })
+}
+
+/// Every cron row, oldest first (`created_at_ms`, then `cron_id`), as `cronList` shows them.
+pub fn list_crons(conn: &Connection) -> StorageResult<Vec<CronRow>> {
+    let mut statement = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            cron_columns!(),
+            " FROM _smithers_cron ORDER BY created_at_ms ASC, cron_id ASC"
+        ))
+        .map_err(map_error)?;
+    let rows = statement.query_map([], cron_from_row).map_err(map_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)
+}
+
+pub fn get_cron(conn: &Connection, cron_id: &str) -> StorageResult<Option<CronRow>> {
+    let mut statement = conn
+        .prepare_cached(concat!(
+            "SELECT ",
+            cron_columns!(),
+            " FROM _smithers_cron WHERE cron_id = ?1"
+        ))
+        .map_err(map_error)?;
+    statement
+        .query_row([cron_id], cron_from_row)
+        .optional()
+        .map_err(map_error)
+}
+
 /// The PRAGMAs the store depends on, as SQLite reports them now. `schema_version` is our
 /// migration version (`PRAGMA user_version`), not SQLite's internal schema cookie.
 pub fn read_pragmas(conn: &Connection) -> StorageResult<Pragmas> {
@@ -1528,5 +1694,87 @@ mod tests {
         let pragmas = read_pragmas(&conn).unwrap();
         assert_eq!(pragmas.schema_version, migrations::latest_version());
         assert!(pragmas.foreign_keys);
+    }
+    fn cron(cron_id: &str, created_at_ms: i64) -> CronRow {
+        CronRow {
+            cron_id: cron_id.into(),
+            pattern: "0 3 * * *".into(),
+            workflow_path: "gateway:nightly".into(),
+            enabled: true,
+            created_at_ms,
+            last_run_at_ms: None,
+            next_run_at_ms: Some(1_000),
+            error_json: None,
+        }
+    }
+
+    /// Goal: the cron statements keep what DATA.md §8 says an upsert keeps, order rows by
+    /// creation, and make the scheduler's claim a real compare-and-set.
+    #[test]
+    fn cron_rows_upsert_claim_record_and_delete() {
+        let conn = db();
+        upsert_cron(&conn, &cron("b", 20)).unwrap();
+        upsert_cron(&conn, &cron("a", 30)).unwrap();
+        record_cron_run(&conn, "b", 500, Some(2_000), Some("boom")).unwrap();
+        // An upsert of an existing id keeps created_at_ms, last_run_at_ms and error_json.
+        let replacement = CronRow {
+            pattern: "*/5 * * * *".into(),
+            enabled: false,
+            created_at_ms: 99,
+            last_run_at_ms: None,
+            next_run_at_ms: Some(3_000),
+            ..cron("b", 99)
+        };
+        upsert_cron(&conn, &replacement).unwrap();
+        let b = get_cron(&conn, "b").unwrap().unwrap();
+        assert_eq!(
+            b,
+            CronRow {
+                pattern: "*/5 * * * *".into(),
+                enabled: false,
+                created_at_ms: 20,
+                last_run_at_ms: Some(500),
+                next_run_at_ms: Some(3_000),
+                error_json: Some("boom".into()),
+                ..cron("b", 20)
+            }
+        );
+        let ids: Vec<String> = list_crons(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|row| row.cron_id)
+            .collect();
+        assert_eq!(ids, vec!["b".to_string(), "a".to_string()]);
+
+        // The claim needs the expected next time and an enabled row.
+        assert!(matches!(
+            claim_cron(&conn, "a", Some(999), 10, 20),
+            Err(StorageError::Conflict(_))
+        ));
+        assert!(matches!(
+            claim_cron(&conn, "b", Some(3_000), 10, 20),
+            Err(StorageError::Conflict(_))
+        ));
+        claim_cron(&conn, "a", Some(1_000), 10, 20).unwrap();
+        assert!(matches!(
+            claim_cron(&conn, "a", Some(1_000), 11, 21),
+            Err(StorageError::Conflict(_))
+        ));
+        let a = get_cron(&conn, "a").unwrap().unwrap();
+        assert_eq!((a.last_run_at_ms, a.next_run_at_ms), (Some(10), Some(20)));
+        // NULL matches NULL.
+        record_cron_run(&conn, "a", 10, None, Some("x")).unwrap();
+        claim_cron(&conn, "a", None, 30, 40).unwrap();
+        let a = get_cron(&conn, "a").unwrap().unwrap();
+        assert_eq!((a.next_run_at_ms, a.error_json), (Some(40), None));
+
+        delete_cron(&conn, "a").unwrap();
+        assert!(matches!(
+            delete_cron(&conn, "a"),
+            Err(StorageError::NotFound(_))
+        ));
+        // Recording on a deleted row is not an error.
+        record_cron_run(&conn, "a", 1, None, None).unwrap();
+        assert_eq!(get_cron(&conn, "a").unwrap(), None);
     }
 }

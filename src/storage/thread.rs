@@ -15,9 +15,9 @@
 
 use super::queries::{self, map_error};
 use super::{
-    migrations, ApprovalRow, AttemptRow, Command, EventRow, FrameRow, Mutation, NodeRecords,
-    NodeRow, Pragmas, Reply, RunRow, RunState, StorageError, StorageHandle, StorageOptions,
-    StorageResult, WriteOutcome,
+    migrations, ApprovalRow, AttemptRow, Command, CronRow, EventRow, FrameRow, Mutation,
+    NodeRecords, NodeRow, Pragmas, Reply, RunRow, RunState, StorageError, StorageHandle,
+    StorageOptions, StorageResult, WriteOutcome,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::thread::JoinHandle;
@@ -203,6 +203,8 @@ enum Answer {
     LatestFrame(StorageResult<Option<i64>>),
     FrameSource(StorageResult<Option<(FrameRow, Vec<AttemptRow>)>>),
     NodeRecords(StorageResult<NodeRecords>),
+    Crons(StorageResult<Vec<CronRow>>),
+    Cron(StorageResult<Option<CronRow>>),
     Pragmas(StorageResult<Pragmas>),
     Lines(StorageResult<Vec<String>>),
 }
@@ -223,6 +225,8 @@ impl Answer {
             Answer::LatestFrame(result) => result.as_ref().err(),
             Answer::FrameSource(result) => result.as_ref().err(),
             Answer::NodeRecords(result) => result.as_ref().err(),
+            Answer::Crons(result) => result.as_ref().err(),
+            Answer::Cron(result) => result.as_ref().err(),
             Answer::Pragmas(result) => result.as_ref().err(),
             Answer::Lines(result) => result.as_ref().err(),
         }
@@ -246,6 +250,8 @@ impl Answer {
             Command::LatestFrame { .. } => Answer::LatestFrame(Err(error)),
             Command::GetFrameSource { .. } => Answer::FrameSource(Err(error)),
             Command::LoadNodeRecords { .. } => Answer::NodeRecords(Err(error)),
+            Command::ListCrons { .. } => Answer::Crons(Err(error)),
+            Command::GetCron { .. } => Answer::Cron(Err(error)),
             Command::Pragmas { .. } => Answer::Pragmas(Err(error)),
             Command::IntegrityCheck { .. } => Answer::Lines(Err(error)),
         }
@@ -455,6 +461,8 @@ fn execute(conn: &Connection, command: &Command) -> Answer {
         Command::LoadNodeRecords {
             run_id, node_id, ..
         } => Answer::NodeRecords(queries::load_node_records(conn, run_id, node_id)),
+        Command::ListCrons { .. } => Answer::Crons(queries::list_crons(conn)),
+        Command::GetCron { cron_id, .. } => Answer::Cron(queries::get_cron(conn, cron_id)),
         Command::Pragmas { .. } => Answer::Pragmas(queries::read_pragmas(conn)),
         Command::IntegrityCheck { .. } => Answer::Lines(queries::integrity_check(conn)),
     }
@@ -489,6 +497,8 @@ fn deliver(command: Command, answer: Answer) {
         (Command::LoadNodeRecords { reply, .. }, Answer::NodeRecords(result)) => {
             send(reply, result)
         }
+        (Command::ListCrons { reply }, Answer::Crons(result)) => send(reply, result),
+        (Command::GetCron { reply, .. }, Answer::Cron(result)) => send(reply, result),
         (Command::Pragmas { reply }, Answer::Pragmas(result)) => send(reply, result),
         (Command::IntegrityCheck { reply }, Answer::Lines(result)) => send(reply, result),
         (command, _) => {
