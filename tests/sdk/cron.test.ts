@@ -1,7 +1,6 @@
 // Cron through the official client SDK: cronRun (by workflow and by cron id), cronCreate,
 // cronList, cronDelete and their errors, against the real gateway binary.
-// Needs the cron methods (METHODS.md §3.24–3.27); run it with
-// `npm run test:cron` in tests/sdk.
+// METHODS.md §3.24–3.27. Run by `npm test` with sdk.test.ts, or alone: `npm run test:cron`.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { SmithersGatewayClient } from "@smithers-orchestrator/gateway-client";
