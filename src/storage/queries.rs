@@ -1095,13 +1095,14 @@ fn cron_from_row(row: &Row<'_>) -> rusqlite::Result<CronRow> {
     })
 }
 
-/// Every cron row, oldest first (`created_at_ms`, then `cron_id`), as `cronList` shows them.
+/// Every cron row, oldest first (`created_at_ms`, then insertion order: rows created in the same
+/// millisecond keep the order they were created in), as `cronList` shows them.
 pub fn list_crons(conn: &Connection) -> StorageResult<Vec<CronRow>> {
     let mut statement = conn
         .prepare_cached(concat!(
             "SELECT ",
             cron_columns!(),
-            " FROM _smithers_cron ORDER BY created_at_ms ASC, cron_id ASC"
+            " FROM _smithers_cron ORDER BY created_at_ms ASC, rowid ASC"
         ))
         .map_err(map_error)?;
     let rows = statement.query_map([], cron_from_row).map_err(map_error)?;
@@ -1745,6 +1746,18 @@ mod tests {
             .map(|row| row.cron_id)
             .collect();
         assert_eq!(ids, vec!["b".to_string(), "a".to_string()]);
+        // Rows created in the same millisecond list in creation order, not by id.
+        upsert_cron(&conn, &cron("z-same-ms", 30)).unwrap();
+        upsert_cron(&conn, &cron("0-same-ms", 30)).unwrap();
+        let ids: Vec<String> = list_crons(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|row| row.cron_id)
+            .collect();
+        assert_eq!(ids, vec!["b", "a", "z-same-ms", "0-same-ms"]);
+        for id in ["z-same-ms", "0-same-ms"] {
+            delete_cron(&conn, id).unwrap();
+        }
 
         // The claim needs the expected next time and an enabled row.
         assert!(matches!(
