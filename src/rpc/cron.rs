@@ -9,30 +9,16 @@
 
 use super::dispatch::CallContext;
 use super::frame::object;
-use super::methods::{LAUNCH_INPUT_BYTES_MAX, LAUNCH_INPUT_DEPTH_MAX};
+use super::methods::{
+    invalid_input, invalid_request, storage, LAUNCH_INPUT_BYTES_MAX, LAUNCH_INPUT_DEPTH_MAX,
+};
 use super::Value;
 use crate::cron::schedule;
 use crate::cron::scheduler::{workflow_of, GATEWAY_PREFIX};
 use crate::engine::core::{storage_rpc_error, AuthContext, LaunchRequest};
 use crate::error::{ErrorCode, RpcError};
-use crate::storage::{Command, CronRow, Mutation, StorageError, StorageHandle};
+use crate::storage::{Command, CronRow, Mutation, StorageError};
 use simd_json::prelude::*;
-
-fn invalid_request(message: impl Into<String>) -> RpcError {
-    RpcError::new(ErrorCode::InvalidRequestLegacy, message)
-}
-
-fn invalid_input(message: impl Into<String>) -> RpcError {
-    RpcError::new(ErrorCode::InvalidInputLegacy, message)
-}
-
-fn storage(context: &CallContext<'_>) -> Result<StorageHandle, RpcError> {
-    context
-        .state
-        .storage
-        .clone()
-        .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "Storage is not available"))
-}
 
 /// A string parameter; non-strings and empty strings count as absent (METHODS.md §0 rule 5).
 fn non_empty_string<'a>(params: &'a Value, name: &str) -> Option<&'a str> {

@@ -5,12 +5,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::dispatch::CallContext;
+use super::methods::storage;
 use super::Value;
 use crate::devtools::node::{node_diff, node_output};
 use crate::devtools::snapshot::{build, empty, FrameSource};
 use crate::engine::core::{storage_rpc_error, workflow_key_of};
 use crate::error::{ErrorCode, RpcError};
-use crate::storage::{Command, NodeRecords, StorageHandle};
+use crate::storage::{Command, NodeRecords};
 use simd_json::prelude::*;
 
 /// Largest frame number and iteration a request may name (2^31 − 1).
@@ -138,14 +139,6 @@ fn iteration_strict(params: &Value) -> Result<i64, RpcError> {
         .and_then(|v| integer_in(v, INT31_MAX as u64))
         .map(|n| n as i64)
         .ok_or_else(invalid_iteration)
-}
-
-fn storage(context: &CallContext<'_>) -> Result<StorageHandle, RpcError> {
-    context
-        .state
-        .storage
-        .clone()
-        .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "Storage is not available"))
 }
 
 fn run_not_found(run_id: &str) -> RpcError {

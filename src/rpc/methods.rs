@@ -25,11 +25,11 @@ pub const SNAPSHOT_RUNS_MAX: usize = 1_000;
 /// Rows scanned by `listRuns` when it filters by workflow or visibility after storage.
 pub const LIST_RUNS_SCAN_MAX: usize = 10_000;
 
-fn invalid_request(message: impl Into<String>) -> RpcError {
+pub(crate) fn invalid_request(message: impl Into<String>) -> RpcError {
     RpcError::new(ErrorCode::InvalidRequestLegacy, message)
 }
 
-fn invalid_input(message: impl Into<String>) -> RpcError {
+pub(crate) fn invalid_input(message: impl Into<String>) -> RpcError {
     RpcError::new(ErrorCode::InvalidInputLegacy, message)
 }
 
@@ -41,7 +41,8 @@ fn engine(context: &CallContext<'_>) -> Result<EngineHandle, RpcError> {
         .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "The workflow engine is not running"))
 }
 
-fn storage(context: &CallContext<'_>) -> Result<StorageHandle, RpcError> {
+/// The storage thread, or SERVER_ERROR when this gateway runs without one.
+pub(crate) fn storage(context: &CallContext<'_>) -> Result<StorageHandle, RpcError> {
     context
         .state
         .storage

@@ -670,6 +670,28 @@ impl Session {
         }
     }
 
+    /// The queue side of ending a run or DevTools stream: its frames not yet started leave the
+    /// queue at once (their bytes released), and a backpressure end is counted.
+    fn drop_stream_frames(&self, key: u64, code: &str, what: &'static str) {
+        let (dropped, freed) = {
+            let mut out = self.out.borrow_mut();
+            let before = out.queue.bytes();
+            let dropped = out.queue.drop_unstarted(|frame| frame.tag == Some(key));
+            (dropped, before - out.queue.bytes())
+        };
+        if let Some(stats) = self.context.state.hub.worker_stats(self.context.index) {
+            stats.outbound_released(freed);
+        }
+        tracing::debug!(dropped, code, "{what}");
+        if code == "BackpressureDisconnect" {
+            self.context
+                .state
+                .counters
+                .stream_backpressure_cuts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Tears a stream down (EVENTS.md §3.5): its queued frames are dropped, the socket gets
     /// `run.error`, and the hub releases its caps. The socket stays open.
     fn fail_stream(&self, key: u64, code: &str, message: &str) {
@@ -680,24 +702,7 @@ impl Session {
             };
             streams.remove(index)
         };
-        {
-            let mut out = self.out.borrow_mut();
-            let before = out.queue.bytes();
-            let dropped = out.queue.drop_unstarted(|frame| frame.tag == Some(key));
-            let freed = before - out.queue.bytes();
-            drop(out);
-            if let Some(stats) = self.context.state.hub.worker_stats(self.context.index) {
-                stats.outbound_released(freed);
-            }
-            tracing::debug!(dropped, code, "run event stream torn down");
-        }
-        if code == "BackpressureDisconnect" {
-            self.context
-                .state
-                .counters
-                .stream_backpressure_cuts
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.drop_stream_frames(key, code, "run event stream torn down");
         self.send_event(
             "run.error",
             &frame::object(vec![
@@ -1082,23 +1087,7 @@ impl Session {
             };
             streams.remove(index)
         };
-        let (dropped, freed) = {
-            let mut out = self.out.borrow_mut();
-            let before = out.queue.bytes();
-            let dropped = out.queue.drop_unstarted(|frame| frame.tag == Some(key));
-            (dropped, before - out.queue.bytes())
-        };
-        if let Some(stats) = self.context.state.hub.worker_stats(self.context.index) {
-            stats.outbound_released(freed);
-        }
-        tracing::debug!(dropped, code, "DevTools stream ended");
-        if code == "BackpressureDisconnect" {
-            self.context
-                .state
-                .counters
-                .stream_backpressure_cuts
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.drop_stream_frames(key, code, "DevTools stream ended");
         self.send_event(
             "devtools.error",
             &frame::object(vec![
