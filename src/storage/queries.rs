@@ -651,22 +651,7 @@ pub fn list_attempts(conn: &Connection, run_id: &str) -> StorageResult<Vec<Attem
         )
         .map_err(map_error)?;
     let rows = statement
-        .query_map([run_id], |row| {
-            Ok(AttemptRow {
-                run_id: row.get(0)?,
-                node_id: row.get(1)?,
-                iteration: row.get(2)?,
-                attempt: row.get(3)?,
-                state: row.get(4)?,
-                started_at_ms: row.get(5)?,
-                finished_at_ms: row.get(6)?,
-                heartbeat_at_ms: row.get(7)?,
-                heartbeat_data_json: row.get(8)?,
-                error_json: row.get(9)?,
-                meta_json: row.get(10)?,
-                exit_code: row.get(11)?,
-            })
-        })
+        .query_map([run_id], attempt_from_row)
         .map_err(map_error)?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .map_err(map_error)
