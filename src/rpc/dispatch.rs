@@ -7,6 +7,7 @@ use super::cron;
 use super::devtools;
 use super::frame::object;
 use super::methods;
+use super::records;
 use super::Value;
 use crate::auth::scope::{has_scope, required_scope};
 use crate::auth::Principal;
@@ -97,6 +98,11 @@ pub async fn dispatch(
             format!("{method} is only supported over websocket connections"),
         ));
     }
+    // Records: browser methods reject non-object params (METHODS.md §0 rule 4's exception), so
+    // they get the params as sent, before the rule below.
+    if let Some(result) = records::browser::call(method, params) {
+        return result.map(Payload::Value);
+    }
     // METHODS.md §0 rule 4: params that are not an object are treated as `{}`.
     let empty = Value::Object(Box::default());
     let params = if params.is_object() { params } else { &empty };
@@ -132,6 +138,19 @@ pub async fn dispatch(
         "cronCreate" | "cron.add" => cron::cron_create(context, params).await,
         "cronDelete" | "cron.remove" => cron::cron_delete(context, params).await,
         "cronRun" | "cron.trigger" => cron::cron_run(context, params).await,
+        // Records (METHODS.md §3.16, §4; browser methods are answered above).
+        "listDocs" => records::tickets::list_docs(context, params).await,
+        "listTickets" => records::tickets::list_tickets(context, params).await,
+        "createTicket" => records::tickets::create_ticket(context, params).await,
+        "updateTicket" => records::tickets::update_ticket(context, params).await,
+        "deleteTicket" => records::tickets::delete_ticket(context, params).await,
+        "listMemoryFacts" => records::list_memory_facts(context, params).await,
+        "listScores" => records::scores::list_scores(context, params).await,
+        "listScoresForRuns" => records::scores::list_scores_for_runs(context, params).await,
+        "getScoreDetail" => records::scores::get_score_detail(context, params).await,
+        "listPrompts" => records::prompts::list_prompts(context).await,
+        "listAccounts" => Ok(records::list_accounts()),
+        "listUsageReports" => Ok(records::list_usage_reports()),
         _ if method.starts_with("ext.") => Err(RpcError::new(
             ErrorCode::ExtensionMethodNotFound,
             format!("Unknown extension method: {method}"),

@@ -557,7 +557,9 @@ pub fn run_state(state: &crate::storage::RunState, now: i64) -> Value {
     object(fields)
 }
 
-fn positive_limit(value: Option<&Value>, default: usize) -> Result<usize, RpcError> {
+/// A `limit` parameter (listRuns, listApprovals, listDocs): a positive integer, numeric strings
+/// included; anything else is `INVALID_INPUT`.
+pub(crate) fn positive_limit(value: Option<&Value>, default: usize) -> Result<usize, RpcError> {
     let Some(value) = value else {
         return Ok(default);
     };

@@ -1,8 +1,9 @@
 //! RPC over both transports: `frame` (inbound request parsing with the protocol's bounds, outbound
 //! response and event encoding), `connect` (the WebSocket handshake and the hello payload),
 //! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules), `methods` (the run
-//! family), `devtools` (snapshots, node output and diff, `streamDevTools` parameters) and `cron`
-//! (the cron methods).
+//! family), `devtools` (snapshots, node output and diff, `streamDevTools` parameters), `cron`
+//! (the cron methods) and `records` (docs and tickets, memory facts, scores, prompts, accounts,
+//! browser sessions).
 
 pub mod connect;
 pub mod cron;
@@ -10,6 +11,7 @@ pub mod devtools;
 pub mod dispatch;
 pub mod frame;
 pub mod methods;
+pub mod records;
 
 /// JSON values as parsed from and written to the wire.
 pub type Value = simd_json::OwnedValue;

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "cron, time-travel audit and docs",
         MIGRATION_2_CRON_AUDIT_DOCS,
     ),
+    (
+        3,
+        "memory facts and scorer results",
+        MIGRATION_3_MEMORY_SCORES,
+    ),
 ];
 
 /// The schema version a fully migrated database reports.
@@ -188,6 +193,48 @@ CREATE TABLE _smithers_docs (
     deleted_at_ms INTEGER
 ) STRICT;
 CREATE INDEX _smithers_docs_kind ON _smithers_docs (kind, deleted_at_ms, updated_at_ms);
+"#;
+
+// DATA.md §9. Scores belong to a run (they cascade with it, like every per-run table); memory
+// facts outlive the run that wrote them, so their run columns are provenance, not a reference.
+const MIGRATION_3_MEMORY_SCORES: &str = r#"
+CREATE TABLE _smithers_memory_facts (
+    namespace     TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    value_json    TEXT NOT NULL,
+    schema_sig    TEXT,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    ttl_ms        INTEGER,
+    run_id        TEXT,
+    node_id       TEXT,
+    iteration     INTEGER,
+    PRIMARY KEY (namespace, key)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE _smithers_scorers (
+    id                TEXT PRIMARY KEY NOT NULL,
+    run_id            TEXT NOT NULL REFERENCES _smithers_runs (run_id) ON DELETE CASCADE,
+    node_id           TEXT NOT NULL,
+    iteration         INTEGER NOT NULL,
+    attempt           INTEGER NOT NULL,
+    scorer_id         TEXT NOT NULL,
+    scorer_name       TEXT NOT NULL,
+    source            TEXT NOT NULL CHECK (source IN ('live', 'batch')),
+    score             REAL NOT NULL,
+    reason            TEXT,
+    meta_json         TEXT,
+    input_json        TEXT,
+    output_json       TEXT,
+    ground_truth_json TEXT,
+    context_json      TEXT,
+    latency_ms        INTEGER,
+    scored_at_ms      INTEGER NOT NULL,
+    duration_ms       INTEGER,
+    UNIQUE (run_id, node_id, iteration, attempt, scorer_id, source)
+) STRICT;
+-- listScores and listScoresForRuns read by run in scored_at_ms order.
+CREATE INDEX _smithers_scorers_run_scored ON _smithers_scorers (run_id, scored_at_ms);
 "#;
 
 const LEDGER_SQL: &str = "CREATE TABLE IF NOT EXISTS _smithers_schema_migrations (

@@ -7,6 +7,7 @@
 
 pub mod migrations;
 pub mod queries;
+pub mod records;
 pub mod thread;
 pub use thread::open;
 
@@ -218,6 +219,10 @@ pub enum Mutation {
         next_run_at_ms: Option<i64>,
         error: Option<String>,
     },
+    // Records (docs, tickets).
+    /// Create, patch or tombstone a work doc (`records::DocMutation`); the row as written is
+    /// returned in `WriteOutcome::docs`.
+    Doc(records::DocMutation),
 }
 
 /// What a committed `Write` assigned, in mutation order.
@@ -225,6 +230,8 @@ pub enum Mutation {
 pub struct WriteOutcome {
     pub event_seqs: Vec<i64>,
     pub signal_seqs: Vec<i64>,
+    /// Docs as each `Mutation::Doc` left them.
+    pub docs: Vec<records::DocRow>,
 }
 
 /// `listRuns` filter after validation (METHODS.md §3.11); workflow-key and system filtering is
@@ -392,6 +399,9 @@ pub enum Command {
     IntegrityCheck {
         reply: Reply<Vec<String>>,
     },
+    // Records (docs, tickets, memory facts, scores).
+    /// Reads of the records tables, each with its own typed reply.
+    Records(records::RecordsQuery),
 }
 
 /// Options for opening the store.

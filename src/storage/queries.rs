@@ -94,6 +94,7 @@ pub fn apply(
             *next_run_at_ms,
             error.as_deref(),
         ),
+        Mutation::Doc(doc) => super::records::apply_doc(conn, doc, outcome),
     }
 }
 

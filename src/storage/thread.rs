@@ -14,6 +14,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::queries::{self, map_error};
+use super::records;
 use super::{
     migrations, ApprovalRow, AttemptRow, Command, CronRow, EventRow, FrameRow, Mutation,
     NodeRecords, NodeRow, Pragmas, Reply, RunRow, RunState, StorageError, StorageHandle,
@@ -207,6 +208,7 @@ enum Answer {
     Cron(StorageResult<Option<CronRow>>),
     Pragmas(StorageResult<Pragmas>),
     Lines(StorageResult<Vec<String>>),
+    Records(records::RecordsAnswer),
 }
 
 impl Answer {
@@ -229,6 +231,7 @@ impl Answer {
             Answer::Cron(result) => result.as_ref().err(),
             Answer::Pragmas(result) => result.as_ref().err(),
             Answer::Lines(result) => result.as_ref().err(),
+            Answer::Records(answer) => answer.error(),
         }
     }
 
@@ -254,6 +257,9 @@ impl Answer {
             Command::GetCron { .. } => Answer::Cron(Err(error)),
             Command::Pragmas { .. } => Answer::Pragmas(Err(error)),
             Command::IntegrityCheck { .. } => Answer::Lines(Err(error)),
+            Command::Records(query) => {
+                Answer::Records(records::RecordsAnswer::failed(query, error))
+            }
         }
     }
 }
@@ -465,6 +471,7 @@ fn execute(conn: &Connection, command: &Command) -> Answer {
         Command::GetCron { cron_id, .. } => Answer::Cron(queries::get_cron(conn, cron_id)),
         Command::Pragmas { .. } => Answer::Pragmas(queries::read_pragmas(conn)),
         Command::IntegrityCheck { .. } => Answer::Lines(queries::integrity_check(conn)),
+        Command::Records(query) => Answer::Records(records::execute(conn, query)),
     }
 }
 
@@ -501,6 +508,7 @@ fn deliver(command: Command, answer: Answer) {
         (Command::GetCron { reply, .. }, Answer::Cron(result)) => send(reply, result),
         (Command::Pragmas { reply }, Answer::Pragmas(result)) => send(reply, result),
         (Command::IntegrityCheck { reply }, Answer::Lines(result)) => send(reply, result),
+        (Command::Records(query), Answer::Records(answer)) => records::deliver(query, answer),
         (command, _) => {
             // Unreachable by construction (`execute` and `Answer::failed` pick the kind from the
             // command); answered rather than dropped so no caller waits forever.
