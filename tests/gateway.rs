@@ -40,3 +40,6 @@ mod devtools;
 // Cron: the four methods and legacy names, scopes, schedules, scheduled fires, restart policy.
 #[path = "cron.rs"]
 mod cron;
+// Records: docs and tickets, memory facts, scores, prompts, accounts, browser sessions, scopes.
+#[path = "records.rs"]
+mod records;
