@@ -40,3 +40,6 @@ mod devtools;
 // Cron: the four methods and legacy names, scopes, schedules, scheduled fires, restart policy.
 #[path = "cron.rs"]
 mod cron;
+// Run control: pauseRun, hijackRun, rewindRun (audit, quota), retryTask, runs.rerun.
+#[path = "control.rs"]
+mod control;

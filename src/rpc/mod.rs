@@ -1,10 +1,11 @@
 //! RPC over both transports: `frame` (inbound request parsing with the protocol's bounds, outbound
 //! response and event encoding), `connect` (the WebSocket handshake and the hello payload),
 //! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules), `methods` (the run
-//! family), `devtools` (snapshots, node output and diff, `streamDevTools` parameters) and `cron`
-//! (the cron methods).
+//! family), `devtools` (snapshots, node output and diff, `streamDevTools` parameters), `cron`
+//! (the cron methods) and `control` (pause, hijack, rewind, retryTask, rerun).
 
 pub mod connect;
+pub mod control;
 pub mod cron;
 pub mod devtools;
 pub mod dispatch;

@@ -207,6 +207,8 @@ enum Answer {
     Cron(StorageResult<Option<CronRow>>),
     Pragmas(StorageResult<Pragmas>),
     Lines(StorageResult<Vec<String>>),
+    // Run control (rewindRun).
+    Count(StorageResult<i64>),
 }
 
 impl Answer {
@@ -229,6 +231,7 @@ impl Answer {
             Answer::Cron(result) => result.as_ref().err(),
             Answer::Pragmas(result) => result.as_ref().err(),
             Answer::Lines(result) => result.as_ref().err(),
+            Answer::Count(result) => result.as_ref().err(),
         }
     }
 
@@ -254,6 +257,7 @@ impl Answer {
             Command::GetCron { .. } => Answer::Cron(Err(error)),
             Command::Pragmas { .. } => Answer::Pragmas(Err(error)),
             Command::IntegrityCheck { .. } => Answer::Lines(Err(error)),
+            Command::CountTimeTravelAudits { .. } => Answer::Count(Err(error)),
         }
     }
 }
@@ -465,6 +469,14 @@ fn execute(conn: &Connection, command: &Command) -> Answer {
         Command::GetCron { cron_id, .. } => Answer::Cron(queries::get_cron(conn, cron_id)),
         Command::Pragmas { .. } => Answer::Pragmas(queries::read_pragmas(conn)),
         Command::IntegrityCheck { .. } => Answer::Lines(queries::integrity_check(conn)),
+        Command::CountTimeTravelAudits {
+            run_id,
+            caller,
+            since_ms,
+            ..
+        } => Answer::Count(queries::count_time_travel_audits(
+            conn, run_id, caller, *since_ms,
+        )),
     }
 }
 
@@ -501,6 +513,9 @@ fn deliver(command: Command, answer: Answer) {
         (Command::GetCron { reply, .. }, Answer::Cron(result)) => send(reply, result),
         (Command::Pragmas { reply }, Answer::Pragmas(result)) => send(reply, result),
         (Command::IntegrityCheck { reply }, Answer::Lines(result)) => send(reply, result),
+        (Command::CountTimeTravelAudits { reply, .. }, Answer::Count(result)) => {
+            send(reply, result)
+        }
         (command, _) => {
             // Unreachable by construction (`execute` and `Answer::failed` pick the kind from the
             // command); answered rather than dropped so no caller waits forever.
