@@ -816,6 +816,41 @@ fn retry_a_failed_task_to_completion() {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
+/// Goal: a paused run does not execute, so it can be retried: the node and what ran after it
+/// are reset, the pause request is dropped, and the run completes.
+#[test]
+fn retry_a_paused_run() {
+    let gateway = start(&[]);
+    let data = gateway.data_dir.clone();
+    let (mut client, _) = Client::connect(gateway.addr);
+    let run_id = launch(&mut client, "slow", json!({}));
+    client.wait_event(&run_id, "node.finished");
+    client.wait_event(&run_id, "node.started");
+    ok_payload(&call(&mut client, "pauseRun", json!({"runId": run_id})));
+    wait_status(&mut client, &run_id, "paused");
+    let payload = ok_payload(&call(
+        &mut client,
+        "retryTask",
+        json!({"runId": run_id, "nodeId": "step-1"}),
+    ));
+    assert_eq!(payload["resetNodes"], json!(["step-1", "step-2"]));
+    let run = get_run(&mut client, &run_id);
+    assert_eq!(run["pauseRequestedAtMs"], Value::Null, "{run}");
+    client.events_until_completed(&run_id);
+    let run = wait_status(&mut client, &run_id, "finished");
+    assert_eq!(run["summary"], json!({"finished": 5}), "{run}");
+    for step in ["step-1", "step-2"] {
+        assert_eq!(
+            attempts(&data, &run_id, step),
+            vec![(1, "finished".to_string()), (2, "finished".to_string())]
+        );
+    }
+    assert_eq!(
+        attempts(&data, &run_id, "step-3"),
+        vec![(1, "finished".to_string())]
+    );
+}
+
 /// Goal: retryTask's checks with codes, messages and statuses: missing ids, unknown run,
 /// unknown node, an executing run (RUN_ACTIVE after the wait); scope.
 #[test]
