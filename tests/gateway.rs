@@ -43,3 +43,6 @@ mod cron;
 // Records: docs and tickets, memory facts, scores, prompts, accounts, browser sessions, scopes.
 #[path = "records.rs"]
 mod records;
+// Run control: pauseRun, hijackRun, rewindRun (audit, quota), retryTask, runs.rerun.
+#[path = "control.rs"]
+mod control;

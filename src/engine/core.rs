@@ -154,6 +154,26 @@ pub struct SignalOutcome {
     pub resumed: bool,
 }
 
+/// `retryTask` (METHODS.md §5.6) after its parameter checks.
+#[derive(Clone, Debug)]
+pub struct RetryRequest {
+    pub run_id: String,
+    pub node_id: String,
+    pub iteration: i64,
+    pub reset_dependents: bool,
+    pub auth: AuthContext,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryOutcome {
+    /// Node ids set back to `pending`, the retried node first.
+    pub reset_nodes: Vec<String>,
+}
+
+/// `RUN_ACTIVE` of `retryTask`: the run executes in this process.
+pub const RETRY_RUN_ACTIVE_MESSAGE: &str =
+    "Run is currently executing — cancel or pause it before retrying a task";
+
 type Reply<T> = flume::Sender<Result<T, RpcError>>;
 
 enum Message {
@@ -164,6 +184,9 @@ enum Message {
     Signal(SignalRequest, Reply<SignalOutcome>),
     /// A scheduled cron fire: a launch whose turn broadcasts `cron.triggered` first (cron id).
     CronFire(LaunchRequest, String, Reply<LaunchOutcome>),
+    // Run control (pause, retry).
+    Pause(String, Reply<()>),
+    RetryTask(RetryRequest, Reply<RetryOutcome>),
     Stop,
 }
 
@@ -186,6 +209,8 @@ impl std::fmt::Debug for Message {
             Message::Decide(..) => "Decide",
             Message::Signal(..) => "Signal",
             Message::CronFire(..) => "CronFire",
+            Message::Pause(..) => "Pause",
+            Message::RetryTask(..) => "RetryTask",
             Message::Stop => "Stop",
         })
     }
@@ -224,6 +249,19 @@ impl EngineHandle {
 
     pub async fn signal(&self, request: SignalRequest) -> Result<SignalOutcome, RpcError> {
         self.ask(|reply| Message::Signal(request, reply)).await
+    }
+
+    // Run control (pause, retry).
+
+    /// Records a durable pause request on a `running` run (METHODS.md §3.5).
+    pub async fn pause(&self, run_id: String) -> Result<(), RpcError> {
+        self.ask(|reply| Message::Pause(run_id, reply)).await
+    }
+
+    /// Resets a node (and what ran after it) of a run that does not execute, and resumes the
+    /// run (METHODS.md §5.6); `RUN_ACTIVE` while the run executes.
+    pub async fn retry_task(&self, request: RetryRequest) -> Result<RetryOutcome, RpcError> {
+        self.ask(|reply| Message::RetryTask(request, reply)).await
     }
 
     /// Blocking variants for plain threads (cron, tests).
@@ -363,6 +401,9 @@ struct Run {
     /// Loop iteration keys by position path (`loop_keys_of`).
     loop_keys: HashMap<String, String>,
     processes: HashMap<(String, i64), RunningProcess>,
+    /// Per node iteration, the attempt number before its current start: attempts of a node
+    /// started again by `retryTask` continue the numbering, and retries count from the start.
+    attempt_bases: HashMap<(String, i64), i64>,
     /// Re-evaluate this run at the end of the turn.
     dirty: bool,
 }
@@ -669,6 +710,18 @@ impl Engine {
                     }
                 }
             }
+            Message::Pause(run_id, reply) => match self.pause(&run_id) {
+                Ok(()) => self.reply_after_commit(reply, ()),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            Message::RetryTask(request, reply) => match self.retry_task(request) {
+                Ok(outcome) => self.reply_after_commit(reply, outcome),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             Message::Stop => return true,
         }
         false
@@ -775,6 +828,7 @@ impl Engine {
             loop_iterations: HashMap::new(),
             loop_keys: loop_keys_of(&workflow.nodes),
             processes: HashMap::new(),
+            attempt_bases: HashMap::new(),
             dirty: true,
         };
         self.runs.insert(run_id.clone(), run);
@@ -835,10 +889,13 @@ impl Engine {
             };
         };
         restamp_auth(&mut run.row, &auth, now);
-        run.row.pause_requested_at_ms = None;
+        let was_paused = run.row.pause_requested_at_ms.take().is_some();
         run.dirty = true;
         self.turn.mutations.push(Mutation::PutRun(run.row.clone()));
         self.turn.touched.insert(run_id.to_string());
+        if was_paused {
+            self.rearm_retries(run_id, now);
+        }
         Ok("resume_requested")
     }
 
@@ -1162,10 +1219,17 @@ impl Engine {
             loop_iterations: HashMap::new(),
             loop_keys: HashMap::new(),
             processes: HashMap::new(),
+            attempt_bases: HashMap::new(),
             dirty: true,
         };
         run.loop_keys = loop_keys_of(&run.workflow.nodes);
         for attempt in state.attempts {
+            // A cancelled or finished attempt ends a start (`begin_attempts`).
+            if attempt.state == "cancelled" || attempt.state == "finished" {
+                let key = (attempt.node_id.clone(), attempt.iteration);
+                let base = run.attempt_bases.entry(key).or_insert(0);
+                *base = (*base).max(attempt.attempt);
+            }
             let key = (attempt.node_id.clone(), attempt.iteration);
             let newer = run
                 .attempts
@@ -1213,10 +1277,12 @@ impl Engine {
                 // A failed attempt of a node still in progress was waiting for its retry
                 // backoff; that timer lived only in memory, so set it again.
                 ("failed", Some("in-progress")) => {
-                    let due = attempt
-                        .finished_at_ms
-                        .unwrap_or(now)
-                        .saturating_add(self.retry_backoff_ms(attempt.attempt) as i64);
+                    let due = attempt.finished_at_ms.unwrap_or(now).saturating_add(
+                        self.retry_backoff_ms(
+                            attempt.attempt
+                                - self.attempt_base(&run_id, &attempt.node_id, attempt.iteration),
+                        ) as i64,
+                    );
                     self.set_timer(
                         due,
                         TimerKind::Retry,
@@ -1522,7 +1588,8 @@ impl Engine {
                 }
                 self.attempt_failed(&key, "timed out", now);
             }
-            TimerKind::Retry => {
+            // A pausing or paused run starts no new attempt; resuming sets the retry again.
+            TimerKind::Retry if !self.pause_requested(&timer.run_id) => {
                 let node_state = self
                     .runs
                     .get(&timer.run_id)
@@ -1713,8 +1780,12 @@ impl Engine {
         let Some(run) = self.runs.get(run_id) else {
             return;
         };
-        if run.row.pause_requested_at_ms.is_some() && run.processes.is_empty() {
-            if run.row.status != "paused" {
+        if run.row.pause_requested_at_ms.is_some() {
+            // Pausing (METHODS.md §3.5): nothing new is scheduled; once the attempts in flight
+            // have ended, the run is `paused`.
+            let in_flight = !run.processes.is_empty()
+                || run.attempts.values().any(|a| a.state == "in-progress");
+            if !in_flight && run.row.status != "paused" {
                 self.set_run_status(run_id, "paused");
             }
             return;
@@ -1952,8 +2023,11 @@ impl Engine {
     }
 
     fn start_leaf(&mut self, run_id: &str, node: &NodeDef, iteration: i64, now: i64) {
+        // A node started again (retryTask) keeps its earlier attempts: numbering continues, and
+        // retries count from this start.
+        let first = self.begin_attempts(run_id, &node.id, iteration);
         match &node.kind {
-            NodeKind::Task(_) => self.start_task_attempt(run_id, &node.id, iteration, 1, now),
+            NodeKind::Task(_) => self.start_task_attempt(run_id, &node.id, iteration, first, now),
             NodeKind::Approval(approval) => {
                 let request = object(vec![
                     ("mode", Value::from("gate")),
@@ -2013,9 +2087,9 @@ impl Engine {
                 }
                 self.turn.mutations.push(Mutation::PutApproval(row));
                 let attempt =
-                    self.new_attempt(run_id, &node.id, iteration, 1, "waiting-approval", now);
+                    self.new_attempt(run_id, &node.id, iteration, first, "waiting-approval", now);
                 self.put_attempt(attempt);
-                self.set_node_state(run_id, &node.id, iteration, "waiting-approval", Some(1));
+                self.set_node_state(run_id, &node.id, iteration, "waiting-approval", Some(first));
                 self.node_event(
                     run_id,
                     &node.id,
@@ -2040,7 +2114,7 @@ impl Engine {
                         run_id,
                         &node.id,
                         iteration,
-                        1,
+                        first,
                     );
                 }
             }
@@ -2061,10 +2135,10 @@ impl Engine {
                     ]),
                 )]);
                 let mut attempt =
-                    self.new_attempt(run_id, &node.id, iteration, 1, "waiting-event", now);
+                    self.new_attempt(run_id, &node.id, iteration, first, "waiting-event", now);
                 attempt.meta_json = Some(to_json(&meta));
                 self.put_attempt(attempt);
-                self.set_node_state(run_id, &node.id, iteration, "waiting-event", Some(1));
+                self.set_node_state(run_id, &node.id, iteration, "waiting-event", Some(first));
                 if let Some(timeout) = signal.timeout_ms {
                     self.set_timer(
                         now + timeout as i64,
@@ -2072,7 +2146,7 @@ impl Engine {
                         run_id,
                         &node.id,
                         iteration,
-                        1,
+                        first,
                     );
                 }
                 self.match_waiting_signals(run_id, now);
@@ -2083,13 +2157,13 @@ impl Engine {
                     TimerDef::UntilMs(at) => *at,
                 };
                 let mut attempt =
-                    self.new_attempt(run_id, &node.id, iteration, 1, "waiting-timer", now);
+                    self.new_attempt(run_id, &node.id, iteration, first, "waiting-timer", now);
                 attempt.meta_json = Some(to_json(&object(vec![(
                     "timer",
                     object(vec![("firesAtMs", Value::from(fires))]),
                 )])));
                 self.put_attempt(attempt);
-                self.set_node_state(run_id, &node.id, iteration, "waiting-timer", Some(1));
+                self.set_node_state(run_id, &node.id, iteration, "waiting-timer", Some(first));
                 self.node_event(
                     run_id,
                     &node.id,
@@ -2100,7 +2174,14 @@ impl Engine {
                         ("iteration", Value::from(iteration)),
                     ],
                 );
-                self.set_timer(fires, TimerKind::TimerWake, run_id, &node.id, iteration, 1);
+                self.set_timer(
+                    fires,
+                    TimerKind::TimerWake,
+                    run_id,
+                    &node.id,
+                    iteration,
+                    first,
+                );
             }
             NodeKind::Sequence { .. } | NodeKind::Parallel { .. } | NodeKind::Loop { .. } => {}
         }
@@ -2120,7 +2201,7 @@ impl Engine {
         let attempt = self.new_attempt(run_id, node_id, iteration, attempt_no, "in-progress", now);
         self.put_attempt(attempt);
         self.set_node_state(run_id, node_id, iteration, "in-progress", Some(attempt_no));
-        if attempt_no == 1 {
+        if attempt_no == self.attempt_base(run_id, node_id, iteration) + 1 {
             self.node_event(
                 run_id,
                 node_id,
@@ -2358,8 +2439,9 @@ impl Engine {
             Some(NodeKind::Task(task)) => i64::from(task.retries),
             _ => 0,
         };
-        if key.attempt <= retries {
-            let backoff = self.retry_backoff_ms(key.attempt);
+        let relative = key.attempt - self.attempt_base(&key.run_id, &key.node_id, key.iteration);
+        if relative <= retries {
+            let backoff = self.retry_backoff_ms(relative);
             self.node_event(
                 &key.run_id,
                 &key.node_id,
@@ -2676,6 +2758,246 @@ impl Engine {
             engine_type,
             payload.clone(),
             Some(("run.completed", payload)),
+        );
+    }
+}
+
+impl Engine {
+    // ---- Run control (pause, retry) ----
+
+    fn pause_requested(&self, run_id: &str) -> bool {
+        self.runs
+            .get(run_id)
+            .is_some_and(|run| run.row.pause_requested_at_ms.is_some())
+    }
+
+    /// The attempt number before the node iteration's current start (0 for a first start).
+    fn attempt_base(&self, run_id: &str, node_id: &str, iteration: i64) -> i64 {
+        self.runs
+            .get(run_id)
+            .and_then(|run| {
+                run.attempt_bases
+                    .get(&(node_id.to_string(), iteration))
+                    .copied()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Begins a start of a node iteration: its first attempt number (after any earlier one).
+    fn begin_attempts(&mut self, run_id: &str, node_id: &str, iteration: i64) -> i64 {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return 1;
+        };
+        let key = (node_id.to_string(), iteration);
+        let base = run.attempts.get(&key).map_or(0, |a| a.attempt.max(0));
+        run.attempt_bases.insert(key, base);
+        base + 1
+    }
+
+    /// Retry timers that fired while the run was pausing did nothing; set them again.
+    fn rearm_retries(&mut self, run_id: &str, now: i64) {
+        let Some(run) = self.runs.get(run_id) else {
+            return;
+        };
+        let waiting: Vec<AttemptRow> = run
+            .attempts
+            .iter()
+            .filter(|(key, attempt)| {
+                attempt.state == "failed"
+                    && run
+                        .nodes
+                        .get(*key)
+                        .is_some_and(|n| n.state == "in-progress")
+            })
+            .map(|(_, attempt)| attempt.clone())
+            .collect();
+        for attempt in waiting {
+            let relative =
+                attempt.attempt - self.attempt_base(run_id, &attempt.node_id, attempt.iteration);
+            let due = attempt
+                .finished_at_ms
+                .unwrap_or(now)
+                .saturating_add(self.retry_backoff_ms(relative) as i64)
+                .max(now);
+            self.set_timer(
+                due,
+                TimerKind::Retry,
+                run_id,
+                &attempt.node_id,
+                attempt.iteration,
+                attempt.attempt,
+            );
+        }
+    }
+
+    /// `pauseRun`: only a `running` run can be paused; the request is durable (the run row), so
+    /// a restart keeps pausing it.
+    fn pause(&mut self, run_id: &str) -> Result<(), RpcError> {
+        let not_executing =
+            || RpcError::new(ErrorCode::RunNotActive, "Run is not currently executing");
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return match self.stored_run(run_id)? {
+                None => Err(RpcError::new(ErrorCode::RunNotFound, "Run not found")),
+                Some(_) => Err(not_executing()),
+            };
+        };
+        if run.row.status != "running" {
+            return Err(not_executing());
+        }
+        if run.row.pause_requested_at_ms.is_none() {
+            run.row.pause_requested_at_ms = Some(crate::clock::now_ms() as i64);
+        }
+        run.dirty = true;
+        self.turn.mutations.push(Mutation::PutRun(run.row.clone()));
+        self.turn.touched.insert(run_id.to_string());
+        Ok(())
+    }
+
+    /// `retryTask`'s reset and resume (METHODS.md §5.6). A run that is not in memory (it ended)
+    /// is loaded back first; the reset and the resumed run commit in this turn.
+    fn retry_task(&mut self, request: RetryRequest) -> Result<RetryOutcome, RpcError> {
+        let now = crate::clock::now_ms() as i64;
+        let run_id = request.run_id.as_str();
+        let key = (request.node_id.clone(), request.iteration);
+        let node_missing = || {
+            RpcError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "Node {} (iteration {}) not found in run {run_id}",
+                    request.node_id, request.iteration
+                ),
+            )
+        };
+        match self.runs.get(run_id) {
+            Some(run) if run.row.status == "running" => {
+                return Err(RpcError::new(
+                    ErrorCode::RunActive,
+                    RETRY_RUN_ACTIVE_MESSAGE,
+                ));
+            }
+            Some(run) if !run.nodes.contains_key(&key) => return Err(node_missing()),
+            Some(_) => {}
+            None => {
+                let state = self
+                    .storage
+                    .call_blocking(|reply| Command::LoadRunState {
+                        run_id: run_id.to_string(),
+                        reply,
+                    })
+                    .map_err(|error| storage_rpc_error(&error))?;
+                let Some(row) = &state.run else {
+                    return Err(not_found(run_id));
+                };
+                let workflow = workflow_key_of(row);
+                if !self.registry.workflows.contains_key(&workflow) {
+                    return Err(RpcError::new(
+                        ErrorCode::InvalidRequestLegacy,
+                        format!("Workflow {workflow} of run {run_id} is no longer registered"),
+                    ));
+                }
+                if !state
+                    .nodes
+                    .iter()
+                    .any(|n| n.node_id == request.node_id && n.iteration == request.iteration)
+                {
+                    return Err(node_missing());
+                }
+                self.recover(state, now);
+            }
+        }
+        let Some(run) = self.runs.get(run_id) else {
+            return Err(not_found(run_id));
+        };
+        if run.processes.contains_key(&key) {
+            return Err(RpcError::new(
+                ErrorCode::RunActive,
+                format!("Node {} is still running", request.node_id),
+            ));
+        }
+        // "What ran after it": nodes whose latest attempt (or last change, without one) came
+        // after the retried node's latest attempt started, and the nodes the run's end cancelled.
+        let time_of = |key: &(String, i64), node: &NodeRow| {
+            run.attempts
+                .get(key)
+                .map_or(node.updated_at_ms, |a| a.started_at_ms)
+        };
+        let since = run.nodes.get(&key).map_or(now, |node| time_of(&key, node));
+        let mut targets = vec![key.clone()];
+        if request.reset_dependents {
+            let mut later: Vec<(i64, (String, i64))> = run
+                .nodes
+                .iter()
+                .filter(|(other, node)| {
+                    **other != key
+                        && node.state != "pending"
+                        && (time_of(other, node) > since || node.state == "cancelled")
+                })
+                .map(|(other, node)| (time_of(other, node), other.clone()))
+                .collect();
+            later.sort();
+            targets.extend(later.into_iter().map(|(_, other)| other));
+        }
+        let mut reset_nodes: Vec<String> = Vec::new();
+        for (node_id, iteration) in &targets {
+            self.reset_node(run_id, node_id, *iteration, now);
+            if !reset_nodes.contains(node_id) {
+                reset_nodes.push(node_id.clone());
+            }
+        }
+        let was_paused = self.pause_requested(run_id);
+        if let Some(run) = self.runs.get_mut(run_id) {
+            run.row.status = "running".into();
+            run.row.finished_at_ms = None;
+            run.row.error_json = None;
+            run.row.cancel_requested_at_ms = None;
+            run.row.pause_requested_at_ms = None;
+            run.row.heartbeat_at_ms = Some(now);
+            run.row.runtime_owner_id = Some(self.options.owner_id.clone());
+            restamp_auth(&mut run.row, &request.auth, now);
+            run.dirty = true;
+            self.turn.mutations.push(Mutation::PutRun(run.row.clone()));
+            self.turn.touched.insert(run_id.to_string());
+        }
+        if was_paused {
+            self.rearm_retries(run_id, now);
+        }
+        Ok(RetryOutcome { reset_nodes })
+    }
+
+    /// One node iteration back to `pending`: its open or failed attempt cancelled, its output
+    /// dropped, `node.pending` broadcast.
+    fn reset_node(&mut self, run_id: &str, node_id: &str, iteration: i64, now: i64) {
+        let key = (node_id.to_string(), iteration);
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        let attempt = run.attempts.get(&key).cloned();
+        run.outputs.remove(&key);
+        if let Some(mut attempt) = attempt.filter(|a| {
+            matches!(
+                a.state.as_str(),
+                "in-progress" | "failed" | "waiting-approval" | "waiting-event" | "waiting-timer"
+            )
+        }) {
+            attempt.state = "cancelled".into();
+            attempt.finished_at_ms = Some(now);
+            self.put_attempt(attempt);
+        }
+        self.turn.mutations.push(Mutation::DeleteOutput {
+            run_id: run_id.to_string(),
+            node_id: node_id.to_string(),
+            iteration,
+        });
+        self.set_node_state(run_id, node_id, iteration, "pending", None);
+        self.node_event(
+            run_id,
+            node_id,
+            "NodePending",
+            "node.pending",
+            vec![
+                ("state", Value::from("pending")),
+                ("iteration", Value::from(iteration)),
+            ],
         );
     }
 }

@@ -248,6 +248,9 @@ impl Hub {
                 }
                 if terminal && window.terminal_since.is_none() {
                     window.terminal_since = Some(now);
+                } else if !terminal {
+                    // A finished run that runs again (retryTask) keeps its window and seqs.
+                    window.terminal_since = None;
                 }
                 frame
             });

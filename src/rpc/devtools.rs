@@ -80,8 +80,9 @@ fn invalid_run_id(message: impl Into<String>) -> RpcError {
     RpcError::new(ErrorCode::InvalidRunId, message)
 }
 
-/// `runId`: a non-empty string (else "runId is required"), then the read pattern.
-fn read_run_id(params: &Value) -> Result<String, RpcError> {
+/// `runId`: a non-empty string (else "runId is required"), then the read pattern (also
+/// `rewindRun`'s stage B check).
+pub(crate) fn read_run_id(params: &Value) -> Result<String, RpcError> {
     let run_id = params
         .get("runId")
         .and_then(|v| v.as_str())

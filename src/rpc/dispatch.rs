@@ -3,6 +3,7 @@
 //! Handlers receive params as sent; non-objects are treated as `{}` by each handler.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::control;
 use super::cron;
 use super::devtools;
 use super::frame::object;
@@ -151,6 +152,14 @@ pub async fn dispatch(
         "listPrompts" => records::prompts::list_prompts(context).await,
         "listAccounts" => Ok(records::list_accounts()),
         "listUsageReports" => Ok(records::list_usage_reports()),
+        // Run control.
+        "pauseRun" | "runs.pause" => control::pause_run(context, params).await,
+        "hijackRun" => control::hijack_run(context, params).await,
+        "rewindRun" | "jumpToFrame" | "devtools.jumpToFrame" => {
+            control::rewind_run(context, params).await
+        }
+        "retryTask" => control::retry_task(context, params).await,
+        "runs.rerun" => control::rerun(context, params).await,
         _ if method.starts_with("ext.") => Err(RpcError::new(
             ErrorCode::ExtensionMethodNotFound,
             format!("Unknown extension method: {method}"),

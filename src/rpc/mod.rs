@@ -2,10 +2,11 @@
 //! response and event encoding), `connect` (the WebSocket handshake and the hello payload),
 //! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules), `methods` (the run
 //! family), `devtools` (snapshots, node output and diff, `streamDevTools` parameters), `cron`
-//! (the cron methods) and `records` (docs and tickets, memory facts, scores, prompts, accounts,
-//! browser sessions).
+//! (the cron methods), `records` (docs and tickets, memory facts, scores, prompts, accounts,
+//! browser sessions) and `control` (pause, hijack, rewind, retryTask, rerun).
 
 pub mod connect;
+pub mod control;
 pub mod cron;
 pub mod devtools;
 pub mod dispatch;

@@ -223,6 +223,31 @@ pub enum Mutation {
     /// Create, patch or tombstone a work doc (`records::DocMutation`); the row as written is
     /// returned in `WriteOutcome::docs`.
     Doc(records::DocMutation),
+    // Run control (retryTask, rewindRun).
+    /// Delete a node iteration's output row, if any (`retryTask`'s reset).
+    DeleteOutput {
+        run_id: String,
+        node_id: String,
+        iteration: i64,
+    },
+    /// Append a `_smithers_time_travel_audit` row (REWIND.md §4).
+    InsertTimeTravelAudit(TimeTravelAuditRow),
+}
+
+/// One `_smithers_time_travel_audit` row (REWIND.md §4; migration 2 names the start time
+/// `created_at_ms` and keeps the duration in `details_json`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeTravelAuditRow {
+    pub run_id: String,
+    /// Latest frame at the start, -1 until known.
+    pub from_frame_no: i64,
+    /// Requested frame, -1 when it is not an integer.
+    pub to_frame_no: i64,
+    pub caller: String,
+    /// `in_progress`, `success`, `failed`, `partial` or `rejected`.
+    pub result: String,
+    pub created_at_ms: i64,
+    pub details_json: Option<String>,
 }
 
 /// What a committed `Write` assigned, in mutation order.
@@ -391,6 +416,15 @@ pub enum Command {
     GetCron {
         cron_id: String,
         reply: Reply<Option<CronRow>>,
+    },
+    // Run control (rewindRun).
+    /// Rewinds that count toward a caller's quota (REWIND.md §4): rows of the run and caller
+    /// since `since_ms` whose result is neither `in_progress` nor `rejected`.
+    CountTimeTravelAudits {
+        run_id: String,
+        caller: String,
+        since_ms: i64,
+        reply: Reply<i64>,
     },
     Pragmas {
         reply: Reply<Pragmas>,

@@ -10,7 +10,7 @@
 use super::{
     ApprovalRow, AttemptRow, CronRow, EventRow, FrameRow, Mutation, NodeRecords, NodeRow,
     OutputRow, Pragmas, RunFilter, RunRow, RunState, SignalRow, StorageError, StorageResult,
-    WriteOutcome,
+    TimeTravelAuditRow, WriteOutcome,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
@@ -95,6 +95,12 @@ pub fn apply(
             error.as_deref(),
         ),
         Mutation::Doc(doc) => super::records::apply_doc(conn, doc, outcome),
+        Mutation::DeleteOutput {
+            run_id,
+            node_id,
+            iteration,
+        } => delete_output(conn, run_id, node_id, *iteration),
+        Mutation::InsertTimeTravelAudit(row) => insert_time_travel_audit(conn, row),
     }
 }
 
@@ -293,6 +299,65 @@ pub fn put_output(conn: &Connection, output: &OutputRow) -> StorageResult<()> {
         ])
         .map_err(map_error)?;
     Ok(())
+}
+
+// Run control (retryTask, rewindRun).
+
+pub fn delete_output(
+    conn: &Connection,
+    run_id: &str,
+    node_id: &str,
+    iteration: i64,
+) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached(
+            "DELETE FROM _smithers_outputs WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3",
+        )
+        .map_err(map_error)?;
+    statement
+        .execute(params![run_id, node_id, iteration])
+        .map_err(map_error)?;
+    Ok(())
+}
+
+pub fn insert_time_travel_audit(conn: &Connection, row: &TimeTravelAuditRow) -> StorageResult<()> {
+    let mut statement = conn
+        .prepare_cached(
+            "INSERT INTO _smithers_time_travel_audit \
+             (run_id, from_frame_no, to_frame_no, caller, result, created_at_ms, details_json) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(map_error)?;
+    statement
+        .execute(params![
+            row.run_id,
+            row.from_frame_no,
+            row.to_frame_no,
+            row.caller,
+            row.result,
+            row.created_at_ms,
+            row.details_json,
+        ])
+        .map_err(map_error)?;
+    Ok(())
+}
+
+pub fn count_time_travel_audits(
+    conn: &Connection,
+    run_id: &str,
+    caller: &str,
+    since_ms: i64,
+) -> StorageResult<i64> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT count(*) FROM _smithers_time_travel_audit \
+             WHERE run_id = ?1 AND caller = ?2 AND created_at_ms >= ?3 \
+             AND result NOT IN ('in_progress', 'rejected')",
+        )
+        .map_err(map_error)?;
+    statement
+        .query_row(params![run_id, caller, since_ms], |row| row.get(0))
+        .map_err(map_error)
 }
 
 pub fn put_approval(conn: &Connection, approval: &ApprovalRow) -> StorageResult<()> {

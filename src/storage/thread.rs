@@ -209,6 +209,8 @@ enum Answer {
     Pragmas(StorageResult<Pragmas>),
     Lines(StorageResult<Vec<String>>),
     Records(records::RecordsAnswer),
+    // Run control (rewindRun).
+    Count(StorageResult<i64>),
 }
 
 impl Answer {
@@ -232,6 +234,7 @@ impl Answer {
             Answer::Pragmas(result) => result.as_ref().err(),
             Answer::Lines(result) => result.as_ref().err(),
             Answer::Records(answer) => answer.error(),
+            Answer::Count(result) => result.as_ref().err(),
         }
     }
 
@@ -260,6 +263,7 @@ impl Answer {
             Command::Records(query) => {
                 Answer::Records(records::RecordsAnswer::failed(query, error))
             }
+            Command::CountTimeTravelAudits { .. } => Answer::Count(Err(error)),
         }
     }
 }
@@ -472,6 +476,14 @@ fn execute(conn: &Connection, command: &Command) -> Answer {
         Command::Pragmas { .. } => Answer::Pragmas(queries::read_pragmas(conn)),
         Command::IntegrityCheck { .. } => Answer::Lines(queries::integrity_check(conn)),
         Command::Records(query) => Answer::Records(records::execute(conn, query)),
+        Command::CountTimeTravelAudits {
+            run_id,
+            caller,
+            since_ms,
+            ..
+        } => Answer::Count(queries::count_time_travel_audits(
+            conn, run_id, caller, *since_ms,
+        )),
     }
 }
 
@@ -509,6 +521,9 @@ fn deliver(command: Command, answer: Answer) {
         (Command::Pragmas { reply }, Answer::Pragmas(result)) => send(reply, result),
         (Command::IntegrityCheck { reply }, Answer::Lines(result)) => send(reply, result),
         (Command::Records(query), Answer::Records(answer)) => records::deliver(query, answer),
+        (Command::CountTimeTravelAudits { reply, .. }, Answer::Count(result)) => {
+            send(reply, result)
+        }
         (command, _) => {
             // Unreachable by construction (`execute` and `Answer::failed` pick the kind from the
             // command); answered rather than dropped so no caller waits forever.
