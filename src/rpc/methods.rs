@@ -225,7 +225,7 @@ pub async fn launch_run(context: &CallContext<'_>, params: &Value) -> Result<Val
     ]))
 }
 
-fn run_id_param(params: &Value) -> Result<String, RpcError> {
+pub(crate) fn run_id_param(params: &Value) -> Result<String, RpcError> {
     required_string(params, "runId")
         .map(str::to_string)
         .ok_or_else(|| invalid_request("runId is required"))
@@ -557,7 +557,7 @@ pub fn run_state(state: &crate::storage::RunState, now: i64) -> Value {
     object(fields)
 }
 
-fn positive_limit(value: Option<&Value>, default: usize) -> Result<usize, RpcError> {
+pub(crate) fn positive_limit(value: Option<&Value>, default: usize) -> Result<usize, RpcError> {
     let Some(value) = value else {
         return Ok(default);
     };
