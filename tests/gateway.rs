@@ -40,3 +40,6 @@ mod devtools;
 // Cron: the four methods and legacy names, scopes, schedules, scheduled fires, restart policy.
 #[path = "cron.rs"]
 mod cron;
+// Read-side inspection: lineage, frames, attempts, node states, token usage, schema, recaps, diffs.
+#[path = "inspect.rs"]
+mod inspect;
