@@ -1990,4 +1990,59 @@ mod tests {
         record_cron_run(&conn, "a", 1, None, None).unwrap();
         assert_eq!(get_cron(&conn, "a").unwrap(), None);
     }
+
+    // Goal: the lineage walk is breadth first with siblings in creation order, cuts cycles,
+    // stops at the limit (root included) and answers None for an absent run; the catalog lists
+    // every `_smithers_` table with the newest migration.
+    #[test]
+    fn descendants_and_catalog() {
+        let conn = db();
+        let insert = |id: &str, parent: Option<&str>, created: i64| {
+            let mut row = run_row(id, created);
+            row.parent_run_id = parent.map(str::to_string);
+            insert_run(&conn, &row).unwrap();
+        };
+        insert("root", Some("leaf"), 1);
+        insert("b", Some("root"), 3);
+        insert("a", Some("root"), 2);
+        insert("leaf", Some("a"), 4);
+        let ids = |limit: usize| -> Vec<(String, Option<String>, u32)> {
+            list_run_descendants(&conn, "root", limit)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.run_id, r.parent_run_id, r.depth))
+                .collect()
+        };
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            ids(100),
+            vec![
+                ("root".to_string(), None, 0),
+                ("a".to_string(), some("root"), 1),
+                ("b".to_string(), some("root"), 1),
+                ("leaf".to_string(), some("a"), 2),
+            ]
+        );
+        assert_eq!(ids(2).len(), 2);
+        assert_eq!(list_run_descendants(&conn, "nope", 5).unwrap(), None);
+
+        let catalog = schema_catalog(&conn).unwrap();
+        assert_eq!(catalog.newest_migration, Some(migrations::latest_version()));
+        let tables: Vec<&str> = catalog
+            .entries
+            .iter()
+            .filter(|e| e.kind == "table")
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(tables.contains(&"_smithers_runs"), "{tables:?}");
+        assert!(
+            tables.contains(&"_smithers_schema_migrations"),
+            "{tables:?}"
+        );
+        assert!(catalog
+            .entries
+            .iter()
+            .all(|e| e.name.starts_with("_smithers_")));
+    }
 }
