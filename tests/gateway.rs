@@ -46,3 +46,6 @@ mod records;
 // Run control: pauseRun, hijackRun, rewindRun (audit, quota), retryTask, runs.rerun.
 #[path = "control.rs"]
 mod control;
+// Read-side inspection: lineage, frames, attempts, node states, token usage, schema, recaps, diffs.
+#[path = "inspect.rs"]
+mod inspect;

@@ -96,7 +96,7 @@ pub(crate) fn read_run_id(params: &Value) -> Result<String, RpcError> {
     Ok(run_id.to_string())
 }
 
-fn node_id_param(params: &Value) -> Result<String, RpcError> {
+pub(crate) fn node_id_param(params: &Value) -> Result<String, RpcError> {
     params
         .get("nodeId")
         .and_then(|v| v.as_str())
@@ -118,7 +118,7 @@ fn invalid_iteration() -> RpcError {
 }
 
 /// `getNodeOutput`'s iteration: an integer or a string of digits, 0…2^31−1, required.
-fn iteration_lenient(params: &Value) -> Result<i64, RpcError> {
+pub(crate) fn iteration_lenient(params: &Value) -> Result<i64, RpcError> {
     let value = params.get("iteration").ok_or_else(invalid_iteration)?;
     let parsed = match value.as_str() {
         Some(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
@@ -142,7 +142,7 @@ fn iteration_strict(params: &Value) -> Result<i64, RpcError> {
         .ok_or_else(invalid_iteration)
 }
 
-fn run_not_found(run_id: &str) -> RpcError {
+pub(crate) fn run_not_found(run_id: &str) -> RpcError {
     RpcError::new(ErrorCode::RunNotFound, format!("Run not found: {run_id}"))
 }
 

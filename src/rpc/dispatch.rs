@@ -7,6 +7,7 @@ use super::control;
 use super::cron;
 use super::devtools;
 use super::frame::object;
+use super::inspect;
 use super::methods;
 use super::records;
 use super::Value;
@@ -160,6 +161,21 @@ pub async fn dispatch(
         }
         "retryTask" => control::retry_task(context, params).await,
         "runs.rerun" => control::rerun(context, params).await,
+        // Read-side inspection (rpc::inspect).
+        "listRunDescendants" | "runs.descendants" => {
+            inspect::list_run_descendants(context, params).await
+        }
+        "listRunTokenUsage" => inspect::list_run_token_usage(context, params).await,
+        "getSchemaSignature" => inspect::get_schema_signature(context).await,
+        "getRunDiff" => inspect::get_run_diff(context, params).await,
+        "whatHappened" => inspect::what_happened(context, params).await,
+        "runs.diff" => inspect::runs_diff(context, params).await,
+        "frames.list" => inspect::frames_list(context, params).await,
+        "frames.get" => inspect::frames_get(context, params).await,
+        "attempts.list" => inspect::attempts_list(context, params).await,
+        "attempts.get" => inspect::attempts_get(context, params).await,
+        "listNodeStates" => inspect::list_node_states(context, params).await,
+        // End of read-side inspection.
         _ if method.starts_with("ext.") => Err(RpcError::new(
             ErrorCode::ExtensionMethodNotFound,
             format!("Unknown extension method: {method}"),

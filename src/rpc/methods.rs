@@ -225,7 +225,7 @@ pub async fn launch_run(context: &CallContext<'_>, params: &Value) -> Result<Val
     ]))
 }
 
-fn run_id_param(params: &Value) -> Result<String, RpcError> {
+pub(crate) fn run_id_param(params: &Value) -> Result<String, RpcError> {
     required_string(params, "runId")
         .map(str::to_string)
         .ok_or_else(|| invalid_request("runId is required"))

@@ -3,7 +3,9 @@
 //! `dispatch` (scope check, method table, HTTP-only and WebSocket-only rules), `methods` (the run
 //! family), `devtools` (snapshots, node output and diff, `streamDevTools` parameters), `cron`
 //! (the cron methods), `records` (docs and tickets, memory facts, scores, prompts, accounts,
-//! browser sessions) and `control` (pause, hijack, rewind, retryTask, rerun).
+//! browser sessions), `control` (pause, hijack, rewind, retryTask, rerun) and `inspect`
+//! (read-side inspection: lineage, frames, attempts, node states, token usage, schema
+//! signature, run diffs, recaps).
 
 pub mod connect;
 pub mod control;
@@ -11,6 +13,8 @@ pub mod cron;
 pub mod devtools;
 pub mod dispatch;
 pub mod frame;
+// Read-side inspection: lineage, frames, attempts, node states, token usage, schema, recaps.
+pub mod inspect;
 pub mod methods;
 pub mod records;
 

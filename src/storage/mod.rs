@@ -296,6 +296,36 @@ pub struct NodeRecords {
     pub outputs: Vec<OutputRow>,
 }
 
+// ---- Read-side inspection (listRunDescendants, frames, attempts, token usage, schema) ----
+
+/// One run of a lineage (`listRunDescendants`): the root has depth 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescendantRow {
+    pub run_id: String,
+    pub parent_run_id: Option<String>,
+    pub depth: u32,
+}
+
+/// One object of the internal catalog (`sqlite_schema` rows named `_smithers_%`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// `table` or `index`.
+    pub kind: String,
+    pub name: String,
+    /// The table an index belongs to (the table itself for a table).
+    pub table: String,
+    pub sql: String,
+}
+
+/// The internal table catalog and the newest applied migration (`getSchemaSignature`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaCatalog {
+    /// Newest id in the migration ledger; None when the ledger is empty.
+    pub newest_migration: Option<i64>,
+    /// Sorted by name.
+    pub entries: Vec<CatalogEntry>,
+}
+
 /// PRAGMA values read back after opening (tests assert them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pragmas {
@@ -426,6 +456,42 @@ pub enum Command {
         since_ms: i64,
         reply: Reply<i64>,
     },
+    // ---- Read-side inspection (listRunDescendants, frames, attempts, token usage, schema) ----
+    /// The run and the runs below it through `parent_run_id`, breadth first (depth, then creation
+    /// order), cycles cut, at most `limit` rows counting the root; None when the run is absent.
+    ListRunDescendants {
+        run_id: String,
+        limit: usize,
+        reply: Reply<Option<Vec<DescendantRow>>>,
+    },
+    /// Frames newest first, after `after_frame_no` when given, at most `limit`; None when the run
+    /// is absent.
+    ListFrames {
+        run_id: String,
+        limit: usize,
+        after_frame_no: Option<i64>,
+        reply: Reply<Option<Vec<FrameRow>>>,
+    },
+    /// Attempts of one node iteration (newest attempt first) or of the whole run (by start time,
+    /// then attempt), at most `limit`; None when the run is absent.
+    ListAttempts {
+        run_id: String,
+        node: Option<(String, i64)>,
+        limit: usize,
+        reply: Reply<Option<Vec<AttemptRow>>>,
+    },
+    /// Events of one type by seq, at most `limit`; None when the run is absent.
+    ListEventsOfType {
+        run_id: String,
+        event_type: String,
+        limit: usize,
+        reply: Reply<Option<Vec<EventRow>>>,
+    },
+    /// The `_smithers_%` catalog and the newest applied migration.
+    SchemaCatalog {
+        reply: Reply<SchemaCatalog>,
+    },
+    // ---- end of read-side inspection ----
     Pragmas {
         reply: Reply<Pragmas>,
     },

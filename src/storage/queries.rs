@@ -8,9 +8,9 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::{
-    ApprovalRow, AttemptRow, CronRow, EventRow, FrameRow, Mutation, NodeRecords, NodeRow,
-    OutputRow, Pragmas, RunFilter, RunRow, RunState, SignalRow, StorageError, StorageResult,
-    TimeTravelAuditRow, WriteOutcome,
+    ApprovalRow, AttemptRow, CatalogEntry, CronRow, DescendantRow, EventRow, FrameRow, Mutation,
+    NodeRecords, NodeRow, OutputRow, Pragmas, RunFilter, RunRow, RunState, SchemaCatalog,
+    SignalRow, StorageError, StorageResult, TimeTravelAuditRow, WriteOutcome,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
@@ -1212,6 +1212,221 @@ pub fn integrity_check(conn: &Connection) -> StorageResult<Vec<String>> {
         .map_err(map_error)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Read-side inspection (listRunDescendants, frames.list, attempts.*, listRunTokenUsage,
+// getSchemaSignature)
+// ---------------------------------------------------------------------------------------------
+
+/// The run and its descendants through `parent_run_id`, breadth first: by depth, then each
+/// parent's children in creation order. A run already listed is never listed again (cycles and
+/// diamonds are cut), and the walk stops at `limit` rows (the root counts). None when the run
+/// is absent.
+pub fn list_run_descendants(
+    conn: &Connection,
+    run_id: &str,
+    limit: usize,
+) -> StorageResult<Option<Vec<DescendantRow>>> {
+    let Some(root) = get_run(conn, run_id)? else {
+        return Ok(None);
+    };
+    let mut rows = vec![DescendantRow {
+        run_id: root.run_id.clone(),
+        parent_run_id: None,
+        depth: 0,
+    }];
+    let mut seen = std::collections::HashSet::from([root.run_id]);
+    let mut children = conn
+        .prepare_cached(
+            "SELECT run_id FROM _smithers_runs WHERE parent_run_id = ?1 \
+             ORDER BY created_at_ms, run_id LIMIT ?2",
+        )
+        .map_err(map_error)?;
+    // Each pass reads the children of one listed row, so the walk is bounded by `limit` rows.
+    let mut next = 0;
+    while rows.len() < limit {
+        let Some(parent) = rows.get(next).cloned() else {
+            break;
+        };
+        next += 1;
+        let room = i64::try_from(limit - rows.len()).unwrap_or(i64::MAX);
+        let ids = children
+            .query_map(params![parent.run_id, room.saturating_add(1)], |row| {
+                row.get::<_, String>(0)
+            })
+            .map_err(map_error)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(map_error)?;
+        for id in ids {
+            if rows.len() >= limit {
+                break;
+            }
+            if seen.insert(id.clone()) {
+                rows.push(DescendantRow {
+                    run_id: id,
+                    parent_run_id: Some(parent.run_id.clone()),
+                    depth: parent.depth.saturating_add(1),
+                });
+            }
+        }
+    }
+    Ok(Some(rows))
+}
+
+fn frame_from_row(row: &Row<'_>) -> rusqlite::Result<FrameRow> {
+    Ok(FrameRow {
+        run_id: row.get(0)?,
+        frame_no: row.get(1)?,
+        created_at_ms: row.get(2)?,
+        xml_json: row.get(3)?,
+        xml_hash: row.get(4)?,
+        task_index_json: row.get(5)?,
+    })
+}
+
+/// Frames newest first, numbered above `after_frame_no` when given, at most `limit`; None when
+/// the run is absent.
+pub fn list_frames(
+    conn: &Connection,
+    run_id: &str,
+    limit: usize,
+    after_frame_no: Option<i64>,
+) -> StorageResult<Option<Vec<FrameRow>>> {
+    if !run_exists(conn, run_id)? {
+        return Ok(None);
+    }
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT run_id, frame_no, created_at_ms, xml_json, xml_hash, task_index_json \
+             FROM _smithers_frames WHERE run_id = ?1 AND (?2 IS NULL OR frame_no > ?2) \
+             ORDER BY frame_no DESC LIMIT ?3",
+        )
+        .map_err(map_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![run_id, after_frame_no, limit], frame_from_row)
+        .map_err(map_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map(Some)
+        .map_err(map_error)
+}
+
+/// Attempts of one node iteration, newest attempt first, or of the whole run by start time then
+/// attempt (DATA.md §6); at most `limit`. None when the run is absent.
+pub fn list_attempts_of(
+    conn: &Connection,
+    run_id: &str,
+    node: Option<(&str, i64)>,
+    limit: usize,
+) -> StorageResult<Option<Vec<AttemptRow>>> {
+    if !run_exists(conn, run_id)? {
+        return Ok(None);
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = match node {
+        Some((node_id, iteration)) => {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT run_id, node_id, iteration, attempt, state, started_at_ms, \
+                         finished_at_ms, heartbeat_at_ms, heartbeat_data_json, error_json, \
+                         meta_json, exit_code \
+                     FROM _smithers_attempts \
+                     WHERE run_id = ?1 AND node_id = ?2 AND iteration = ?3 \
+                     ORDER BY attempt DESC LIMIT ?4",
+                )
+                .map_err(map_error)?;
+            let rows = statement
+                .query_map(params![run_id, node_id, iteration, limit], attempt_from_row)
+                .map_err(map_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        }
+        None => {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT run_id, node_id, iteration, attempt, state, started_at_ms, \
+                         finished_at_ms, heartbeat_at_ms, heartbeat_data_json, error_json, \
+                         meta_json, exit_code \
+                     FROM _smithers_attempts WHERE run_id = ?1 \
+                     ORDER BY started_at_ms, attempt, node_id, iteration LIMIT ?2",
+                )
+                .map_err(map_error)?;
+            let rows = statement
+                .query_map(params![run_id, limit], attempt_from_row)
+                .map_err(map_error)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        }
+    };
+    rows.map(Some).map_err(map_error)
+}
+
+/// Events of one type by seq, at most `limit`; None when the run is absent.
+pub fn list_events_of_type(
+    conn: &Connection,
+    run_id: &str,
+    event_type: &str,
+    limit: usize,
+) -> StorageResult<Option<Vec<EventRow>>> {
+    if !run_exists(conn, run_id)? {
+        return Ok(None);
+    }
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT run_id, seq, timestamp_ms, type, payload_json FROM _smithers_events \
+             WHERE run_id = ?1 AND type = ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(map_error)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![run_id, event_type, limit], |row| {
+            Ok(EventRow {
+                run_id: row.get(0)?,
+                seq: row.get(1)?,
+                timestamp_ms: row.get(2)?,
+                event_type: row.get(3)?,
+                payload_json: row.get(4)?,
+            })
+        })
+        .map_err(map_error)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map(Some)
+        .map_err(map_error)
+}
+
+/// Every table and index named `_smithers_%` with its SQL (automatic indexes have none and are
+/// left out), by name, and the newest id in the migration ledger.
+pub fn schema_catalog(conn: &Connection) -> StorageResult<SchemaCatalog> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema \
+             WHERE type IN ('table', 'index') AND name LIKE '\\_smithers\\_%' ESCAPE '\\' \
+                 AND sql IS NOT NULL \
+             ORDER BY name",
+        )
+        .map_err(map_error)?;
+    let entries = statement
+        .query_map([], |row| {
+            Ok(CatalogEntry {
+                kind: row.get(0)?,
+                name: row.get(1)?,
+                table: row.get(2)?,
+                sql: row.get(3)?,
+            })
+        })
+        .map_err(map_error)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(map_error)?;
+    let newest_migration: Option<i64> = conn
+        .query_row(
+            "SELECT max(id) FROM _smithers_schema_migrations",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(map_error)?;
+    Ok(SchemaCatalog {
+        newest_migration,
+        entries,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
@@ -1840,5 +2055,60 @@ mod tests {
         // Recording on a deleted row is not an error.
         record_cron_run(&conn, "a", 1, None, None).unwrap();
         assert_eq!(get_cron(&conn, "a").unwrap(), None);
+    }
+
+    // Goal: the lineage walk is breadth first with siblings in creation order, cuts cycles,
+    // stops at the limit (root included) and answers None for an absent run; the catalog lists
+    // every `_smithers_` table with the newest migration.
+    #[test]
+    fn descendants_and_catalog() {
+        let conn = db();
+        let insert = |id: &str, parent: Option<&str>, created: i64| {
+            let mut row = run_row(id, created);
+            row.parent_run_id = parent.map(str::to_string);
+            insert_run(&conn, &row).unwrap();
+        };
+        insert("root", Some("leaf"), 1);
+        insert("b", Some("root"), 3);
+        insert("a", Some("root"), 2);
+        insert("leaf", Some("a"), 4);
+        let ids = |limit: usize| -> Vec<(String, Option<String>, u32)> {
+            list_run_descendants(&conn, "root", limit)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.run_id, r.parent_run_id, r.depth))
+                .collect()
+        };
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            ids(100),
+            vec![
+                ("root".to_string(), None, 0),
+                ("a".to_string(), some("root"), 1),
+                ("b".to_string(), some("root"), 1),
+                ("leaf".to_string(), some("a"), 2),
+            ]
+        );
+        assert_eq!(ids(2).len(), 2);
+        assert_eq!(list_run_descendants(&conn, "nope", 5).unwrap(), None);
+
+        let catalog = schema_catalog(&conn).unwrap();
+        assert_eq!(catalog.newest_migration, Some(migrations::latest_version()));
+        let tables: Vec<&str> = catalog
+            .entries
+            .iter()
+            .filter(|e| e.kind == "table")
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(tables.contains(&"_smithers_runs"), "{tables:?}");
+        assert!(
+            tables.contains(&"_smithers_schema_migrations"),
+            "{tables:?}"
+        );
+        assert!(catalog
+            .entries
+            .iter()
+            .all(|e| e.name.starts_with("_smithers_")));
     }
 }

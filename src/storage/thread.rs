@@ -16,9 +16,9 @@
 use super::queries::{self, map_error};
 use super::records;
 use super::{
-    migrations, ApprovalRow, AttemptRow, Command, CronRow, EventRow, FrameRow, Mutation,
-    NodeRecords, NodeRow, Pragmas, Reply, RunRow, RunState, StorageError, StorageHandle,
-    StorageOptions, StorageResult, WriteOutcome,
+    migrations, ApprovalRow, AttemptRow, Command, CronRow, DescendantRow, EventRow, FrameRow,
+    Mutation, NodeRecords, NodeRow, Pragmas, Reply, RunRow, RunState, SchemaCatalog, StorageError,
+    StorageHandle, StorageOptions, StorageResult, WriteOutcome,
 };
 use rusqlite::{Connection, OpenFlags};
 use std::thread::JoinHandle;
@@ -211,6 +211,12 @@ enum Answer {
     Records(records::RecordsAnswer),
     // Run control (rewindRun).
     Count(StorageResult<i64>),
+    // Read-side inspection.
+    Descendants(StorageResult<Option<Vec<DescendantRow>>>),
+    Frames(StorageResult<Option<Vec<FrameRow>>>),
+    Attempts(StorageResult<Option<Vec<AttemptRow>>>),
+    TypedEvents(StorageResult<Option<Vec<EventRow>>>),
+    Catalog(StorageResult<SchemaCatalog>),
 }
 
 impl Answer {
@@ -235,6 +241,12 @@ impl Answer {
             Answer::Lines(result) => result.as_ref().err(),
             Answer::Records(answer) => answer.error(),
             Answer::Count(result) => result.as_ref().err(),
+            // Read-side inspection.
+            Answer::Descendants(result) => result.as_ref().err(),
+            Answer::Frames(result) => result.as_ref().err(),
+            Answer::Attempts(result) => result.as_ref().err(),
+            Answer::TypedEvents(result) => result.as_ref().err(),
+            Answer::Catalog(result) => result.as_ref().err(),
         }
     }
 
@@ -264,6 +276,12 @@ impl Answer {
                 Answer::Records(records::RecordsAnswer::failed(query, error))
             }
             Command::CountTimeTravelAudits { .. } => Answer::Count(Err(error)),
+            // Read-side inspection.
+            Command::ListRunDescendants { .. } => Answer::Descendants(Err(error)),
+            Command::ListFrames { .. } => Answer::Frames(Err(error)),
+            Command::ListAttempts { .. } => Answer::Attempts(Err(error)),
+            Command::ListEventsOfType { .. } => Answer::TypedEvents(Err(error)),
+            Command::SchemaCatalog { .. } => Answer::Catalog(Err(error)),
         }
     }
 }
@@ -484,6 +502,37 @@ fn execute(conn: &Connection, command: &Command) -> Answer {
         } => Answer::Count(queries::count_time_travel_audits(
             conn, run_id, caller, *since_ms,
         )),
+        // Read-side inspection.
+        Command::ListRunDescendants { run_id, limit, .. } => {
+            Answer::Descendants(queries::list_run_descendants(conn, run_id, *limit))
+        }
+        Command::ListFrames {
+            run_id,
+            limit,
+            after_frame_no,
+            ..
+        } => Answer::Frames(queries::list_frames(conn, run_id, *limit, *after_frame_no)),
+        Command::ListAttempts {
+            run_id,
+            node,
+            limit,
+            ..
+        } => Answer::Attempts(queries::list_attempts_of(
+            conn,
+            run_id,
+            node.as_ref()
+                .map(|(id, iteration)| (id.as_str(), *iteration)),
+            *limit,
+        )),
+        Command::ListEventsOfType {
+            run_id,
+            event_type,
+            limit,
+            ..
+        } => Answer::TypedEvents(queries::list_events_of_type(
+            conn, run_id, event_type, *limit,
+        )),
+        Command::SchemaCatalog { .. } => Answer::Catalog(queries::schema_catalog(conn)),
     }
 }
 
@@ -524,6 +573,16 @@ fn deliver(command: Command, answer: Answer) {
         (Command::CountTimeTravelAudits { reply, .. }, Answer::Count(result)) => {
             send(reply, result)
         }
+        // Read-side inspection.
+        (Command::ListRunDescendants { reply, .. }, Answer::Descendants(result)) => {
+            send(reply, result)
+        }
+        (Command::ListFrames { reply, .. }, Answer::Frames(result)) => send(reply, result),
+        (Command::ListAttempts { reply, .. }, Answer::Attempts(result)) => send(reply, result),
+        (Command::ListEventsOfType { reply, .. }, Answer::TypedEvents(result)) => {
+            send(reply, result)
+        }
+        (Command::SchemaCatalog { reply }, Answer::Catalog(result)) => send(reply, result),
         (command, _) => {
             // Unreachable by construction (`execute` and `Answer::failed` pick the kind from the
             // command); answered rather than dropped so no caller waits forever.
