@@ -40,3 +40,6 @@ mod devtools;
 // Cron: the four methods and legacy names, scopes, schedules, scheduled fires, restart policy.
 #[path = "cron.rs"]
 mod cron;
+// The whole RPC surface: every name dispatched, scopes per family, aliases, seq and stateVersion.
+#[path = "surface.rs"]
+mod surface;
