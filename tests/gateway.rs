@@ -49,3 +49,6 @@ mod control;
 // Read-side inspection: lineage, frames, attempts, node states, token usage, schema, recaps, diffs.
 #[path = "inspect.rs"]
 mod inspect;
+// The whole RPC surface: every name dispatched, scopes per family, aliases, seq and stateVersion.
+#[path = "surface.rs"]
+mod surface;

@@ -1,0 +1,907 @@
+//! The whole RPC surface as one table (METHODS.md §0–2): every v1 method, `health`, every legacy
+//! name and legacy-only handler is dispatched (nothing but `approve` answers METHOD_NOT_FOUND);
+//! each method's scope is enforced for every scope family over WebSocket and HTTP; WebSocket-only
+//! methods refuse HTTP; every legacy name answers exactly as its canonical method; and on one
+//! socket that touches the whole surface, seq strictly increases and stateVersion never
+//! decreases. Per-method behaviour (happy paths, every validation error) lives in the family
+//! modules (runs, cron, devtools, inspect, records, control).
+
+use crate::support::*;
+use serde_json::{json, Value};
+use smithers_gateway::config::{GatewayConfig, TokenGrant};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// What a call with `{}` params answers: a payload, or an error code (and message where the
+/// spec fixes it).
+#[derive(Clone, Copy, Debug)]
+enum Empty {
+    Ok,
+    Err(&'static str, Option<&'static str>),
+}
+
+use Empty::{Err as E, Ok as O};
+
+const RUN_ID_REQUIRED: Option<&str> = Some("runId is required");
+
+/// Every name a client may send (METHODS.md §1 and §2), its catalog scope, whether it is
+/// WebSocket-only, and its answer to `{}`.
+const SURFACE: &[(&str, &str, bool, Empty)] = &[
+    // §1: the 44 v1 methods and health.
+    ("health", "run:read", false, O),
+    (
+        "launchRun",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", Some("workflow is required")),
+    ),
+    (
+        "resumeRun",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "cancelRun",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "pauseRun",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "hijackRun",
+        "run:admin",
+        false,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    (
+        "rewindRun",
+        "run:admin",
+        false,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    (
+        "submitApproval",
+        "approval:submit",
+        false,
+        E(
+            "INVALID_REQUEST",
+            Some("runId, nodeId, and approved are required"),
+        ),
+    ),
+    (
+        "submitSignal",
+        "signal:submit",
+        false,
+        E("INVALID_REQUEST", Some("runId and signalName are required")),
+    ),
+    (
+        "getRun",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "listRunTokenUsage",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    ("listRuns", "run:read", false, O),
+    (
+        "listRunDescendants",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    ("getSchemaSignature", "run:read", false, O),
+    ("listWorkflows", "run:read", false, O),
+    ("listApprovals", "run:read", false, O),
+    ("listDocs", "run:read", false, O),
+    (
+        "streamRunEvents",
+        "run:read",
+        true,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    (
+        "streamDevTools",
+        "observability:read",
+        true,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    (
+        "getDevToolsSnapshot",
+        "observability:read",
+        false,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    ("getNodeOutput", "run:read", false, E("InvalidRunId", None)),
+    ("getNodeDiff", "run:read", false, E("InvalidRunId", None)),
+    ("getRunDiff", "run:read", false, E("InvalidRequest", None)),
+    ("whatHappened", "run:read", false, E("InvalidRunId", None)),
+    ("cronList", "cron:read", false, O),
+    (
+        "cronCreate",
+        "cron:write",
+        false,
+        E("INVALID_REQUEST", Some("workflow and pattern are required")),
+    ),
+    (
+        "cronDelete",
+        "cron:write",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "cronRun",
+        "cron:write",
+        false,
+        E("INVALID_REQUEST", Some("cronId or workflow is required")),
+    ),
+    ("listAccounts", "account:read", false, O),
+    ("listUsageReports", "account:read", false, O),
+    ("listMemoryFacts", "memory:read", false, O),
+    ("listPrompts", "prompt:read", false, O),
+    (
+        "listScores",
+        "score:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "listScoresForRuns",
+        "score:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "getScoreDetail",
+        "score:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    ("listTickets", "ticket:read", false, O),
+    (
+        "createTicket",
+        "ticket:write",
+        false,
+        E("INVALID_REQUEST", Some("path is required")),
+    ),
+    (
+        "updateTicket",
+        "ticket:write",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "deleteTicket",
+        "ticket:write",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "createBrowserSession",
+        "run:write",
+        false,
+        E("InvalidRequest", None),
+    ),
+    ("browserAct", "run:write", false, E("InvalidRequest", None)),
+    (
+        "browserContext",
+        "run:read",
+        false,
+        E("InvalidRequest", None),
+    ),
+    ("browserPick", "run:read", false, E("InvalidRequest", None)),
+    (
+        "closeBrowserSession",
+        "run:write",
+        false,
+        E("InvalidRequest", None),
+    ),
+    ("listBrowserSessions", "run:read", false, O),
+    // §2: legacy names of canonical methods.
+    (
+        "runs.create",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", Some("workflow is required")),
+    ),
+    (
+        "runs.get",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    ("runs.list", "run:read", false, O),
+    (
+        "runs.descendants",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "runs.cancel",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "runs.pause",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "approvals.decide",
+        "approval:submit",
+        false,
+        E(
+            "INVALID_REQUEST",
+            Some("runId, nodeId, and approved are required"),
+        ),
+    ),
+    ("approvals.list", "run:read", false, O),
+    ("workflows.list", "run:read", false, O),
+    (
+        "signals.send",
+        "signal:submit",
+        false,
+        E("INVALID_REQUEST", Some("runId and signalName are required")),
+    ),
+    (
+        "jumpToFrame",
+        "run:admin",
+        false,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    (
+        "devtools.jumpToFrame",
+        "run:admin",
+        false,
+        E("InvalidRunId", RUN_ID_REQUIRED),
+    ),
+    (
+        "devtools.getNodeOutput",
+        "run:read",
+        false,
+        E("InvalidRunId", None),
+    ),
+    (
+        "devtools.getNodeDiff",
+        "run:read",
+        false,
+        E("InvalidRunId", None),
+    ),
+    ("cron.list", "cron:read", false, O),
+    (
+        "cron.add",
+        "cron:write",
+        false,
+        E("INVALID_REQUEST", Some("workflow and pattern are required")),
+    ),
+    (
+        "cron.remove",
+        "cron:write",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "cron.trigger",
+        "cron:write",
+        false,
+        E("INVALID_REQUEST", Some("cronId or workflow is required")),
+    ),
+    // §2: legacy names with their own handlers (§5), and `approve` (a scope entry, no handler).
+    (
+        "runs.rerun",
+        "run:write",
+        false,
+        E("INVALID_REQUEST", RUN_ID_REQUIRED),
+    ),
+    (
+        "runs.diff",
+        "run:read",
+        false,
+        E(
+            "INVALID_REQUEST",
+            Some("leftRunId and rightRunId are required"),
+        ),
+    ),
+    ("frames.list", "run:read", false, E("INVALID_REQUEST", None)),
+    ("frames.get", "run:read", false, E("INVALID_REQUEST", None)),
+    (
+        "attempts.list",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    (
+        "attempts.get",
+        "run:read",
+        false,
+        E(
+            "INVALID_REQUEST",
+            Some("runId, nodeId, iteration, and attempt are required"),
+        ),
+    ),
+    (
+        "listNodeStates",
+        "run:read",
+        false,
+        E("INVALID_REQUEST", None),
+    ),
+    ("retryTask", "run:write", false, E("INVALID_REQUEST", None)),
+    (
+        "approve",
+        "approval:submit",
+        false,
+        E("METHOD_NOT_FOUND", Some("Unknown method: approve")),
+    ),
+    // Any other name needs run:read (METHODS.md §0 rule 2).
+    (
+        "noSuchMethod",
+        "run:read",
+        false,
+        E("METHOD_NOT_FOUND", Some("Unknown method: noSuchMethod")),
+    ),
+];
+
+/// The 14 typed scopes (AUTH.md §4).
+const SCOPES: &[&str] = &[
+    "run:read",
+    "run:write",
+    "run:admin",
+    "approval:submit",
+    "signal:submit",
+    "cron:read",
+    "cron:write",
+    "account:read",
+    "memory:read",
+    "prompt:read",
+    "score:read",
+    "ticket:read",
+    "ticket:write",
+    "observability:read",
+];
+
+/// Scopes that satisfy `required` (AUTH.md §4 rule 3: higher ranks of the same family).
+fn satisfying(required: &str) -> Vec<&'static str> {
+    let above: &[&str] = match required {
+        "run:read" => &["run:read", "run:write", "run:admin"],
+        "run:write" => &["run:write", "run:admin"],
+        "cron:read" => &["cron:read", "cron:write"],
+        "ticket:read" => &["ticket:read", "ticket:write"],
+        _ => &[],
+    };
+    SCOPES
+        .iter()
+        .copied()
+        .filter(|scope| *scope == required || above.contains(scope))
+        .collect()
+}
+
+/// `only:<scope>` holds just that scope; `deny:<scope>` holds every scope that does not satisfy it.
+fn scope_tokens() -> Vec<(String, TokenGrant)> {
+    let mut tokens = vec![(ADMIN_TOKEN.to_string(), grant("admin", &["*"]))];
+    for scope in SCOPES {
+        tokens.push((format!("only:{scope}"), grant("member", &[scope])));
+        let granted: Vec<&str> = SCOPES
+            .iter()
+            .copied()
+            .filter(|s| !satisfying(scope).contains(s))
+            .collect();
+        tokens.push((format!("deny:{scope}"), grant("member", &granted)));
+    }
+    tokens
+}
+
+fn start_with_scope_tokens() -> Gateway {
+    let tokens = scope_tokens();
+    let refs: Vec<(&str, TokenGrant)> = tokens
+        .iter()
+        .map(|(token, grant)| (token.as_str(), grant.clone()))
+        .collect();
+    Gateway::start(|config| config.auth = Some(token_auth(&refs)))
+}
+
+/// `POST /rpc` as `token`: the status and the frame without its id.
+fn http_call(addr: SocketAddr, token: &str, method: &str, params: &Value) -> (u16, Value) {
+    let body = json!({"id": "s1", "method": method, "params": params}).to_string();
+    let response = post_json(addr, "/rpc", Some(token), &body);
+    let mut frame = response.json();
+    if let Some(object) = frame.as_object_mut() {
+        object.remove("id");
+    }
+    (response.status, frame)
+}
+
+/// A WebSocket call: the response frame without its id.
+fn ws_call(client: &mut Client, method: &str, params: &Value) -> Value {
+    let mut frame = client.request("w1", method, params.clone());
+    if let Some(object) = frame.as_object_mut() {
+        object.remove("id");
+    }
+    frame
+}
+
+fn status_of(code: &str) -> u16 {
+    match code {
+        "INVALID_REQUEST" | "InvalidRequest" | "InvalidRunId" => 400,
+        "METHOD_NOT_FOUND" => 404,
+        other => panic!("no status in the table for {other}"),
+    }
+}
+
+fn assert_empty_answer(frame: &Value, method: &str, expected: Empty, transport: &str) {
+    match expected {
+        Empty::Ok => {
+            assert_eq!(frame["ok"], true, "{transport} {method}: {frame}");
+            assert!(
+                frame.get("payload").is_some(),
+                "{transport} {method}: a payload, null rather than absent: {frame}"
+            );
+        }
+        Empty::Err(code, message) => {
+            assert_eq!(frame["ok"], false, "{transport} {method}: {frame}");
+            assert_eq!(
+                frame["error"]["code"], code,
+                "{transport} {method}: {frame}"
+            );
+            if let Some(message) = message {
+                assert_eq!(
+                    frame["error"]["message"], message,
+                    "{transport} {method}: {frame}"
+                );
+            }
+        }
+    }
+}
+
+/// Goal: every name of the catalog reaches a handler (only `approve` and unknown names answer
+/// METHOD_NOT_FOUND) and answers `{}` as its table row says, over WebSocket and both HTTP
+/// routes; WebSocket-only methods refuse HTTP with the reference's message.
+#[test]
+fn every_name_is_dispatched_on_every_transport() {
+    let gateway = Gateway::start(|_| {});
+    let (mut client, _) = Client::connect(gateway.addr);
+    let empty = json!({});
+    for &(method, _, ws_only, expected) in SURFACE {
+        let frame = ws_call(&mut client, method, &empty);
+        assert_empty_answer(&frame, method, expected, "ws");
+
+        let (status, frame) = http_call(gateway.addr, ADMIN_TOKEN, method, &empty);
+        if ws_only {
+            assert_eq!(status, 400, "{method}: {frame}");
+            assert_eq!(frame["error"]["code"], "INVALID_REQUEST", "{frame}");
+            assert_eq!(
+                frame["error"]["message"],
+                format!("{method} is only supported over websocket connections"),
+                "{frame}"
+            );
+            continue;
+        }
+        assert_empty_answer(&frame, method, expected, "POST /rpc");
+        match expected {
+            Empty::Ok => assert_eq!(status, 200, "{method}: {frame}"),
+            Empty::Err(code, _) => assert_eq!(status, status_of(code), "{method}: {frame}"),
+        }
+
+        // The per-method route answers exactly as POST /rpc.
+        let response = post_json(
+            gateway.addr,
+            &format!("/v1/rpc/{method}"),
+            Some(ADMIN_TOKEN),
+            "{}",
+        );
+        let mut routed = response.json();
+        if let Some(object) = routed.as_object_mut() {
+            object.remove("id");
+        }
+        assert_eq!(response.status, status, "/v1/rpc/{method}: {routed}");
+        assert_eq!(stable(routed), stable(frame), "/v1/rpc/{method}");
+    }
+}
+
+/// Goal: for every name and every scope family, a token that lacks the method's scope (it holds
+/// every other scope, lower ranks of the same family included) gets FORBIDDEN 403 with
+/// `requiredScope`, and a token holding only that scope passes the check, over WebSocket and
+/// HTTP.
+#[test]
+fn every_scope_family_is_enforced_for_every_name() {
+    let gateway = start_with_scope_tokens();
+    let mut sockets: BTreeMap<String, Client> = BTreeMap::new();
+    let empty = json!({});
+    for &(method, scope, _, _) in SURFACE {
+        let denied = format!("deny:{scope}");
+        let allowed = format!("only:{scope}");
+        for token in [&denied, &allowed] {
+            if !sockets.contains_key(token) {
+                let (client, _) = Client::connect_as(gateway.addr, token);
+                sockets.insert(token.clone(), client);
+            }
+        }
+        let expected_message = format!("Missing required scope {scope} for {method}");
+
+        let (status, frame) = http_call(gateway.addr, &denied, method, &empty);
+        assert_eq!(status, 403, "{method} as {denied}: {frame}");
+        assert_eq!(frame["error"]["code"], "FORBIDDEN", "{frame}");
+        assert_eq!(frame["error"]["requiredScope"], scope, "{frame}");
+        assert_eq!(frame["error"]["message"], expected_message, "{frame}");
+
+        let Some(client) = sockets.get_mut(&denied) else {
+            panic!("no socket for {denied}")
+        };
+        let frame = ws_call(client, method, &empty);
+        assert_eq!(frame["error"]["code"], "FORBIDDEN", "ws {method}: {frame}");
+        assert_eq!(frame["error"]["requiredScope"], scope, "{frame}");
+
+        let (status, frame) = http_call(gateway.addr, &allowed, method, &empty);
+        assert_ne!(status, 403, "{method} as {allowed}: {frame}");
+        assert_ne!(frame["error"]["code"], "FORBIDDEN", "{frame}");
+        let Some(client) = sockets.get_mut(&allowed) else {
+            panic!("no socket for {allowed}")
+        };
+        let frame = ws_call(client, method, &empty);
+        assert_ne!(frame["error"]["code"], "FORBIDDEN", "ws {method}: {frame}");
+    }
+}
+
+/// Launches `hello` and waits for it to finish; returns its run id.
+fn finished_hello(client: &mut Client) -> String {
+    let launched = client.launch("hello", json!({"workflow": "hello"}));
+    let run_id = launched["runId"].as_str().unwrap_or_default().to_string();
+    client.events_until_completed(&run_id);
+    run_id
+}
+
+/// Goal: every legacy name of §2 answers exactly as its canonical method, byte for byte once the
+/// id is removed, for missing params, an unknown run and a real finished run, over WebSocket
+/// and HTTP.
+#[test]
+fn legacy_names_answer_as_their_canonical_method() {
+    let gateway = Gateway::start(|_| {});
+    let (mut client, _) = Client::connect(gateway.addr);
+    let run = finished_hello(&mut client);
+    let missing = "no-such-run";
+    let aliases: &[(&str, &str, Vec<Value>)] = &[
+        (
+            "runs.create",
+            "launchRun",
+            vec![json!({}), json!({"workflow": "no-such-workflow"})],
+        ),
+        (
+            "runs.get",
+            "getRun",
+            vec![json!({}), json!({"runId": missing}), json!({"runId": run})],
+        ),
+        (
+            "runs.list",
+            "listRuns",
+            vec![json!({"filter": {"limit": 5}})],
+        ),
+        (
+            "runs.descendants",
+            "listRunDescendants",
+            vec![json!({}), json!({"runId": missing}), json!({"runId": run})],
+        ),
+        (
+            "runs.cancel",
+            "cancelRun",
+            vec![json!({}), json!({"runId": missing}), json!({"runId": run})],
+        ),
+        (
+            "runs.pause",
+            "pauseRun",
+            vec![json!({}), json!({"runId": missing}), json!({"runId": run})],
+        ),
+        (
+            "approvals.decide",
+            "submitApproval",
+            vec![
+                json!({}),
+                json!({"runId": missing, "nodeId": "n", "approved": true}),
+            ],
+        ),
+        ("approvals.list", "listApprovals", vec![json!({})]),
+        ("workflows.list", "listWorkflows", vec![json!({})]),
+        (
+            "signals.send",
+            "submitSignal",
+            vec![json!({}), json!({"runId": missing, "signalName": "s"})],
+        ),
+        (
+            "jumpToFrame",
+            "rewindRun",
+            vec![
+                json!({}),
+                json!({"runId": missing, "frameNo": 1, "confirm": true}),
+                json!({"runId": run, "frameNo": 99_999, "confirm": true}),
+            ],
+        ),
+        (
+            "devtools.jumpToFrame",
+            "rewindRun",
+            vec![
+                json!({}),
+                json!({"runId": missing, "frameNo": 1, "confirm": true}),
+                json!({"runId": run, "frameNo": 99_999, "confirm": true}),
+            ],
+        ),
+        (
+            "devtools.getNodeOutput",
+            "getNodeOutput",
+            vec![
+                json!({}),
+                json!({"runId": missing, "nodeId": "greet", "iteration": 0}),
+                json!({"runId": run, "nodeId": "greet", "iteration": 0}),
+            ],
+        ),
+        (
+            "devtools.getNodeDiff",
+            "getNodeDiff",
+            vec![
+                json!({}),
+                json!({"runId": missing, "nodeId": "greet", "iteration": 0}),
+            ],
+        ),
+        ("cron.list", "cronList", vec![json!({})]),
+        (
+            "cron.add",
+            "cronCreate",
+            vec![
+                json!({}),
+                json!({"workflow": "no-such-workflow", "pattern": "0 * * * *"}),
+            ],
+        ),
+        (
+            "cron.remove",
+            "cronDelete",
+            vec![json!({}), json!({"cronId": "no-such-cron"})],
+        ),
+        ("cron.trigger", "cronRun", vec![json!({})]),
+    ];
+    for (legacy, canonical, param_sets) in aliases {
+        for params in param_sets {
+            let legacy_ws = stable(ws_call(&mut client, legacy, params));
+            let canonical_ws = stable(ws_call(&mut client, canonical, params));
+            assert_eq!(
+                legacy_ws, canonical_ws,
+                "ws {legacy} vs {canonical} {params}"
+            );
+            let (legacy_status, legacy_http) = http_call(gateway.addr, ADMIN_TOKEN, legacy, params);
+            let (canonical_status, canonical_http) =
+                http_call(gateway.addr, ADMIN_TOKEN, canonical, params);
+            let legacy_http = (legacy_status, stable(legacy_http));
+            let canonical_http = (canonical_status, stable(canonical_http));
+            assert_eq!(
+                legacy_http, canonical_http,
+                "http {legacy} vs {canonical} {params}"
+            );
+            assert_eq!(
+                legacy_http.1, legacy_ws,
+                "{legacy} {params}: HTTP and WebSocket answer alike"
+            );
+        }
+    }
+}
+
+/// The answer without what moves between two identical calls (derived-state and uptime clocks).
+fn stable(mut value: Value) -> Value {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.remove("computedAt");
+                map.remove("uptimeMs");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut value);
+    value
+}
+
+/// Every event frame received so far: the client's backlog, drained in arrival order.
+fn drain_events(client: &mut Client, into: &mut Vec<Value>) {
+    into.extend(
+        client
+            .backlog
+            .drain(..)
+            .filter(|frame| frame["type"] == "event"),
+    );
+}
+
+/// The example workflows plus `long`, a task that runs until cancelled.
+fn examples_and_long() -> std::path::PathBuf {
+    let dir = temp_dir("surface-workflows");
+    let examples = example_workflows();
+    let entries = std::fs::read_dir(&examples).unwrap_or_else(|e| panic!("{e}"));
+    for entry in entries.flatten() {
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap_or_else(|e| panic!("{e}"));
+    }
+    write_workflow(
+        &dir,
+        "long",
+        "[[nodes]]\nkind = \"task\"\nid = \"wait\"\nrun = [\"sleep\", \"60\"]\n",
+    );
+    dir
+}
+
+/// Goal: one socket drives runs through launch, approval, signal and cancel while it calls
+/// every read method of the surface between them; across every event it receives (all runs
+/// interleaved) seq strictly increases and stateVersion never decreases, and
+/// `health.stateVersion` is never behind an event already received.
+#[test]
+fn seq_and_state_version_are_monotonic_across_the_surface() {
+    let config = GatewayConfig {
+        auth: Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))])),
+        ..GatewayConfig::default()
+    };
+    let workflows = examples_and_long();
+    let gateway = Gateway::start_full(config, 1, &workflows, &temp_dir("data"));
+    let (mut client, _) = Client::connect(gateway.addr);
+    let mut events = Vec::new();
+    let mut completed = Vec::new();
+
+    let hello = client.launch("l1", json!({"workflow": "hello"}))["runId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let approve = client.launch("l2", json!({"workflow": "approve"}))["runId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let signal = client.launch("l3", json!({"workflow": "signal"}))["runId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let long = client.launch("l4", json!({"workflow": "long"}))["runId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let reads: Vec<(&str, Value)> = vec![
+        ("health", json!({})),
+        ("getRun", json!({"runId": hello})),
+        ("listRuns", json!({})),
+        ("listRunDescendants", json!({"runId": hello})),
+        ("listRunTokenUsage", json!({"runId": hello})),
+        ("getSchemaSignature", json!({})),
+        ("listWorkflows", json!({})),
+        ("listApprovals", json!({})),
+        ("listDocs", json!({})),
+        ("getDevToolsSnapshot", json!({"runId": approve})),
+        (
+            "getNodeOutput",
+            json!({"runId": hello, "nodeId": "greet", "iteration": 0}),
+        ),
+        ("whatHappened", json!({"runId": hello})),
+        ("cronList", json!({})),
+        ("listAccounts", json!({})),
+        ("listUsageReports", json!({})),
+        ("listMemoryFacts", json!({})),
+        ("listPrompts", json!({})),
+        ("listScores", json!({"runId": hello})),
+        ("listTickets", json!({})),
+        ("listBrowserSessions", json!({})),
+        ("frames.list", json!({"runId": approve})),
+        ("attempts.list", json!({"runId": approve})),
+        ("listNodeStates", json!({"runId": approve})),
+    ];
+    let mut last_health_version = 0;
+    let mut check_reads = |client: &mut Client, events: &mut Vec<Value>| {
+        for (method, params) in &reads {
+            let response = client.request("r", method, params.clone());
+            assert_eq!(response["ok"], true, "{method}: {response}");
+            drain_events(client, events);
+            if *method == "health" {
+                let version = response["payload"]["stateVersion"].as_u64().unwrap_or(0);
+                let newest_event = events
+                    .iter()
+                    .filter_map(|e| e["stateVersion"].as_u64())
+                    .max()
+                    .unwrap_or(0);
+                assert!(version >= last_health_version, "health stateVersion fell");
+                assert!(
+                    version >= newest_event,
+                    "health stateVersion {version} behind an event's {newest_event}"
+                );
+                last_health_version = version;
+            }
+        }
+    };
+    check_reads(&mut client, &mut events);
+
+    // Drive the waiting runs: approve, signal, cancel the long one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events
+        .iter()
+        .any(|e| e["event"] == "approval.requested" && e["payload"]["runId"] == approve)
+    {
+        assert!(Instant::now() < deadline, "no approval.requested");
+        let event = client.next_event();
+        events.push(event);
+    }
+    let decided = client.request(
+        "a",
+        "submitApproval",
+        json!({"runId": approve, "nodeId": "ship-it", "approved": true}),
+    );
+    assert_eq!(decided["ok"], true, "{decided}");
+    drain_events(&mut client, &mut events);
+    check_reads(&mut client, &mut events);
+    let sent = client.request(
+        "s",
+        "submitSignal",
+        json!({"runId": signal, "signalName": "qa-passed", "data": {"ok": true}}),
+    );
+    assert_eq!(sent["ok"], true, "{sent}");
+    drain_events(&mut client, &mut events);
+    let cancelled = client.request("c", "cancelRun", json!({"runId": long}));
+    assert_eq!(cancelled["ok"], true, "{cancelled}");
+    drain_events(&mut client, &mut events);
+    check_reads(&mut client, &mut events);
+
+    for event in &events {
+        if event["event"] == "run.completed" {
+            completed.push(event["payload"]["runId"].clone());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&hello, &approve, &signal, &long]
+        .iter()
+        .any(|run| !completed.contains(&json!(run)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "runs not completed: {completed:?}"
+        );
+        let event = client.next_event();
+        if event["event"] == "run.completed" {
+            completed.push(event["payload"]["runId"].clone());
+        }
+        events.push(event);
+    }
+
+    let mut last_seq = 0;
+    let mut last_version = 0;
+    for event in &events {
+        let seq = event["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("event without seq: {event}"));
+        let version = event["stateVersion"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("event without stateVersion: {event}"));
+        assert!(seq > last_seq, "seq {seq} after {last_seq}: {event}");
+        assert!(
+            version >= last_version,
+            "stateVersion {version} after {last_version}: {event}"
+        );
+        last_seq = seq;
+        last_version = version;
+    }
+    // Every run's terminal status is what its driver asked for.
+    for (run, status) in [
+        (&hello, "finished"),
+        (&approve, "finished"),
+        (&signal, "finished"),
+        (&long, "cancelled"),
+    ] {
+        let got = client.request("g", "getRun", json!({"runId": run}));
+        assert_eq!(got["payload"]["status"], status, "{run}: {got}");
+    }
+    let _ = std::fs::remove_dir_all(&workflows);
+    assert!(
+        events.len() > 20,
+        "the tour saw {} events, too few to mean anything",
+        events.len()
+    );
+}
