@@ -165,6 +165,28 @@ pub fn ws_open_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    // A signal can interrupt the handshake's blocking reads (as it can any read, see
+    // `recv_json`); tungstenite cannot resume a blocking handshake, so it starts again on a new
+    // connection, a bounded number of times.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match ws_handshake(addr, path, headers) {
+            Err(tungstenite::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::Interrupted && attempts < 5 =>
+            {
+                continue
+            }
+            other => return other,
+        }
+    }
+}
+
+fn ws_handshake(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect: {e}"));
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -227,8 +249,15 @@ pub fn recv_response(ws: &mut Ws, id: &str) -> (serde_json::Value, Vec<serde_jso
 }
 
 pub fn send_json(ws: &mut Ws, value: &serde_json::Value) {
-    ws.send(Message::text(value.to_string()))
-        .unwrap_or_else(|e| panic!("send failed: {e}"));
+    let mut result = ws.send(Message::text(value.to_string()));
+    // Interrupted by a signal: the frame is queued in tungstenite; flushing sends the rest.
+    while let Err(tungstenite::Error::Io(error)) = &result {
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+        result = ws.flush();
+    }
+    result.unwrap_or_else(|e| panic!("send failed: {e}"));
 }
 
 pub fn request(
