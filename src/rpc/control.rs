@@ -8,14 +8,13 @@
 //! an earlier frame with `RewindFailed` (docs/DECISIONS.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::common::{engine, invalid_request, required_string, storage};
 use super::devtools::{read_run_id, INT31_MAX};
 use super::dispatch::CallContext;
 use super::frame::object;
-use super::methods::{invalid_request, launch_run, storage};
+use super::methods::launch_run;
 use super::Value;
-use crate::engine::core::{
-    storage_rpc_error, workflow_key_of, AuthContext, EngineHandle, RetryRequest,
-};
+use crate::engine::core::{storage_rpc_error, workflow_key_of, AuthContext, RetryRequest};
 use crate::error::{ErrorCode, RpcError};
 use crate::storage::{Command, Mutation, RunRow, StorageHandle, TimeTravelAuditRow};
 use simd_json::prelude::*;
@@ -35,21 +34,6 @@ const AUDIT_CALLER_CHARS_MAX: usize = 256;
 pub const REWIND_EARLIER_UNSUPPORTED: &str =
     "Rewind to an earlier frame is not supported by this gateway yet";
 
-fn engine(context: &CallContext<'_>) -> Result<EngineHandle, RpcError> {
-    context
-        .state
-        .engine
-        .clone()
-        .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "The workflow engine is not running"))
-}
-
-fn non_empty_string<'a>(params: &'a Value, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
-}
-
 async fn stored_run(storage: &StorageHandle, run_id: &str) -> Result<Option<RunRow>, RpcError> {
     storage
         .call(|reply| Command::GetRun {
@@ -63,7 +47,7 @@ async fn stored_run(storage: &StorageHandle, run_id: &str) -> Result<Option<RunR
 // ---- pauseRun ----
 
 pub async fn pause_run(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
-    let run_id = non_empty_string(params, "runId")
+    let run_id = required_string(params, "runId")
         .ok_or_else(|| invalid_request("runId is required"))?
         .to_string();
     engine(context)?.pause(run_id.clone()).await?;
@@ -77,7 +61,7 @@ pub async fn pause_run(context: &CallContext<'_>, params: &Value) -> Result<Valu
 
 /// No state and no event: the session id is for the `/v1/pty/hijack` hand-off and is not kept.
 pub async fn hijack_run(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
-    let run_id = non_empty_string(params, "runId")
+    let run_id = required_string(params, "runId")
         .ok_or_else(|| RpcError::new(ErrorCode::InvalidRunId, "runId is required"))?;
     if stored_run(&storage(context)?, run_id).await?.is_none() {
         return Err(RpcError::new(ErrorCode::RunNotFound, "Run not found"));
@@ -96,8 +80,8 @@ pub async fn hijack_run(context: &CallContext<'_>, params: &Value) -> Result<Val
 
 pub async fn retry_task(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let (Some(run_id), Some(node_id)) = (
-        non_empty_string(params, "runId"),
-        non_empty_string(params, "nodeId"),
+        required_string(params, "runId"),
+        required_string(params, "nodeId"),
     ) else {
         return Err(invalid_request("runId and nodeId are required"));
     };
@@ -170,7 +154,7 @@ fn rerun_input(input_json: &str) -> Value {
 /// payload, the caller auto-subscribed).
 pub async fn rerun(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let run_id =
-        non_empty_string(params, "runId").ok_or_else(|| invalid_request("runId is required"))?;
+        required_string(params, "runId").ok_or_else(|| invalid_request("runId is required"))?;
     let Some(row) = stored_run(&storage(context)?, run_id).await? else {
         return Err(RpcError::new(
             ErrorCode::NotFound,
@@ -274,7 +258,7 @@ pub async fn rewind_run(context: &CallContext<'_>, params: &Value) -> Result<Val
     let started = Instant::now();
     let started_at_ms = crate::clock::now_ms() as i64;
     // Stage A.
-    let run_id = non_empty_string(params, "runId")
+    let run_id = required_string(params, "runId")
         .ok_or_else(|| RpcError::new(ErrorCode::InvalidRunId, "runId is required"))?;
     let frame_value = params
         .get("frameNo")

@@ -7,11 +7,12 @@
 //! and answers `SERVER_ERROR` 500.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::common::{
+    container_depth, invalid_input, invalid_request, now_ms, nullable_i64, required_string, storage,
+};
 use super::dispatch::CallContext;
 use super::frame::object;
-use super::methods::{
-    invalid_input, invalid_request, storage, LAUNCH_INPUT_BYTES_MAX, LAUNCH_INPUT_DEPTH_MAX,
-};
+use super::methods::{LAUNCH_INPUT_BYTES_MAX, LAUNCH_INPUT_DEPTH_MAX};
 use super::Value;
 use crate::cron::schedule;
 use crate::cron::scheduler::{workflow_of, GATEWAY_PREFIX};
@@ -19,22 +20,6 @@ use crate::engine::core::{storage_rpc_error, AuthContext, LaunchRequest};
 use crate::error::{ErrorCode, RpcError};
 use crate::storage::{Command, CronRow, Mutation, StorageError};
 use simd_json::prelude::*;
-
-/// A string parameter; non-strings and empty strings count as absent (METHODS.md §0 rule 5).
-fn non_empty_string<'a>(params: &'a Value, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
-}
-
-fn nullable_i64(value: Option<i64>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
-}
 
 /// A cron row as the wire shows it (METHODS.md §3.24).
 pub fn cron_value(row: &CronRow) -> Value {
@@ -75,8 +60,8 @@ pub async fn cron_list(context: &CallContext<'_>, params: &Value) -> Result<Valu
 /// `cronCreate`: validate, compute the next fire, upsert by id.
 pub async fn cron_create(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let (Some(workflow), Some(pattern)) = (
-        non_empty_string(params, "workflow"),
-        non_empty_string(params, "pattern"),
+        required_string(params, "workflow"),
+        required_string(params, "pattern"),
     ) else {
         return Err(invalid_request("workflow and pattern are required"));
     };
@@ -90,7 +75,7 @@ pub async fn cron_create(context: &CallContext<'_>, params: &Value) -> Result<Va
     let now = now_ms();
     let next_run_at_ms = schedule::next_fire(pattern, now)
         .map_err(|error| invalid_input(format!("Invalid cron pattern: {error}")))?;
-    let cron_id = non_empty_string(params, "cronId")
+    let cron_id = required_string(params, "cronId")
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let enabled = params
@@ -119,7 +104,7 @@ pub async fn cron_create(context: &CallContext<'_>, params: &Value) -> Result<Va
 
 /// `cronDelete`.
 pub async fn cron_delete(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
-    let Some(cron_id) = non_empty_string(params, "cronId") else {
+    let Some(cron_id) = required_string(params, "cronId") else {
         return Err(invalid_request("cronId is required"));
     };
     let mutations = vec![Mutation::DeleteCron {
@@ -141,19 +126,10 @@ pub async fn cron_delete(context: &CallContext<'_>, params: &Value) -> Result<Va
     }
 }
 
-/// Depth of nested containers (the top object is 1), as `launchRun` counts it.
-fn container_depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(container_depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(container_depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// `cronRun`: run a cron's workflow (or a named one) now, as the caller.
 pub async fn cron_run(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let storage = storage(context)?;
-    let found = match non_empty_string(params, "cronId") {
+    let found = match required_string(params, "cronId") {
         Some(cron_id) => storage
             .call(|reply| Command::GetCron {
                 cron_id: cron_id.to_string(),
@@ -163,7 +139,7 @@ pub async fn cron_run(context: &CallContext<'_>, params: &Value) -> Result<Value
             .map_err(|e| storage_rpc_error(&e))?,
         None => None,
     };
-    let workflow = match (&found, non_empty_string(params, "workflow")) {
+    let workflow = match (&found, required_string(params, "workflow")) {
         (Some(row), _) => workflow_of(row).to_string(),
         (None, Some(workflow)) => workflow.to_string(),
         (None, None) => return Err(invalid_request("cronId or workflow is required")),

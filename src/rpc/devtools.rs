@@ -4,8 +4,8 @@
 //! built by `devtools` and returned as bytes (key order is part of the wire).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::common::storage;
 use super::dispatch::CallContext;
-use super::methods::storage;
 use super::Value;
 use crate::devtools::node::{node_diff, node_output};
 use crate::devtools::snapshot::{build, empty, FrameSource};

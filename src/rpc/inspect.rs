@@ -6,10 +6,11 @@
 //! writes. It also owns `whatHappened`'s bounded cache of recaps of terminal targets.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::common::{invalid_input, invalid_request, nullable, nullable_i64, storage};
 use super::devtools::{iteration_lenient, node_id_param, read_run_id, run_not_found};
 use super::dispatch::CallContext;
 use super::frame::{object, write_value};
-use super::methods::{invalid_input, invalid_request, positive_limit, run_id_param, storage};
+use super::methods::{positive_limit, run_id_param};
 use super::Value;
 use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
@@ -34,14 +35,6 @@ pub const WHAT_HAPPENED_CACHE_MAX: usize = 200;
 const TOKEN_USAGE_EVENT: &str = "TokenUsageReported";
 /// `getRunDiff`'s run id bound, in UTF-16 code units as JavaScript counts them.
 const RUN_DIFF_RUN_ID_MAX: usize = 256;
-
-fn nullable(value: Option<&str>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
-
-fn nullable_i64(value: Option<i64>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
 
 fn parse_json(text: &str) -> Option<Value> {
     let mut bytes = text.as_bytes().to_vec();

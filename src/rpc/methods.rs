@@ -2,12 +2,16 @@
 //! order, then the engine (writes) or the storage thread (reads). Payload shapes are the wire's.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use super::common::{
+    container_depth, engine, invalid_input, invalid_request, nullable, nullable_i64,
+    required_string, storage,
+};
 use super::dispatch::CallContext;
 use super::frame::object;
 use super::Value;
 use crate::engine::core::{
-    storage_rpc_error, system_of, workflow_key_of, AuthContext, DecisionRequest, EngineHandle,
-    LaunchRequest, SignalRequest,
+    storage_rpc_error, system_of, workflow_key_of, AuthContext, DecisionRequest, LaunchRequest,
+    SignalRequest,
 };
 use crate::error::{ErrorCode, RpcError};
 use crate::storage::{
@@ -25,57 +29,8 @@ pub const SNAPSHOT_RUNS_MAX: usize = 1_000;
 /// Rows scanned by `listRuns` when it filters by workflow or visibility after storage.
 pub const LIST_RUNS_SCAN_MAX: usize = 10_000;
 
-pub(crate) fn invalid_request(message: impl Into<String>) -> RpcError {
-    RpcError::new(ErrorCode::InvalidRequestLegacy, message)
-}
-
-pub(crate) fn invalid_input(message: impl Into<String>) -> RpcError {
-    RpcError::new(ErrorCode::InvalidInputLegacy, message)
-}
-
-fn engine(context: &CallContext<'_>) -> Result<EngineHandle, RpcError> {
-    context
-        .state
-        .engine
-        .clone()
-        .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "The workflow engine is not running"))
-}
-
-/// The storage thread, or SERVER_ERROR when this gateway runs without one.
-pub(crate) fn storage(context: &CallContext<'_>) -> Result<StorageHandle, RpcError> {
-    context
-        .state
-        .storage
-        .clone()
-        .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "Storage is not available"))
-}
-
-/// A required non-empty string parameter.
-fn required_string<'a>(params: &'a Value, name: &str) -> Option<&'a str> {
-    params
-        .get(name)
-        .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty())
-}
-
 fn optional_string(value: Option<&Value>) -> Option<String> {
     value.and_then(|v| v.as_str()).map(str::to_string)
-}
-
-fn nullable(value: Option<&str>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
-
-fn nullable_i64(value: Option<i64>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
-
-fn container_depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(container_depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(container_depth).max().unwrap_or(0),
-        _ => 0,
-    }
 }
 
 fn serialized_len(value: &Value) -> usize {

@@ -7,6 +7,7 @@
 //! (read-side inspection: lineage, frames, attempts, node states, token usage, schema
 //! signature, run diffs, recaps).
 
+pub mod common;
 pub mod connect;
 pub mod control;
 pub mod cron;

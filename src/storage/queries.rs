@@ -860,6 +860,17 @@ pub fn get_approval(
 }
 
 /// Events with seq > after_seq, ascending, at most `limit`.
+/// An event row from `SELECT run_id, seq, timestamp_ms, type, payload_json`.
+fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        run_id: row.get(0)?,
+        seq: row.get(1)?,
+        timestamp_ms: row.get(2)?,
+        event_type: row.get(3)?,
+        payload_json: row.get(4)?,
+    })
+}
+
 pub fn list_events(
     conn: &Connection,
     run_id: &str,
@@ -874,15 +885,7 @@ pub fn list_events(
         .map_err(map_error)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement
-        .query_map(params![run_id, after_seq, limit], |row| {
-            Ok(EventRow {
-                run_id: row.get(0)?,
-                seq: row.get(1)?,
-                timestamp_ms: row.get(2)?,
-                event_type: row.get(3)?,
-                payload_json: row.get(4)?,
-            })
-        })
+        .query_map(params![run_id, after_seq, limit], event_row)
         .map_err(map_error)?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .map_err(map_error)
@@ -1376,15 +1379,7 @@ pub fn list_events_of_type(
         .map_err(map_error)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement
-        .query_map(params![run_id, event_type, limit], |row| {
-            Ok(EventRow {
-                run_id: row.get(0)?,
-                seq: row.get(1)?,
-                timestamp_ms: row.get(2)?,
-                event_type: row.get(3)?,
-                payload_json: row.get(4)?,
-            })
-        })
+        .query_map(params![run_id, event_type, limit], event_row)
         .map_err(map_error)?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .map(Some)

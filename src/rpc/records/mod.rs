@@ -16,33 +16,20 @@ pub mod tickets;
 
 use super::dispatch::CallContext;
 use super::frame::object;
-use super::methods::storage;
 use super::Value;
 use crate::engine::core::storage_rpc_error;
 use crate::error::RpcError;
+use crate::rpc::common::{nullable, nullable_i64, optional_str, storage};
 use crate::storage::records::{MemoryFactRow, RecordsQuery};
 use crate::storage::Command;
 use simd_json::prelude::*;
-
-/// An optional string parameter; a non-string counts as absent (METHODS.md §0 rule 5).
-pub(crate) fn optional_str<'a>(params: &'a Value, name: &str) -> Option<&'a str> {
-    params.get(name).and_then(|v| v.as_str())
-}
-
-pub(crate) fn nullable_str(value: Option<&str>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
-
-pub(crate) fn nullable_i64(value: Option<i64>) -> Value {
-    value.map_or(Value::null(), Value::from)
-}
 
 fn memory_fact_value(row: &MemoryFactRow) -> Value {
     object(vec![
         ("namespace", Value::from(row.namespace.as_str())),
         ("key", Value::from(row.key.as_str())),
         ("valueJson", Value::from(row.value_json.as_str())),
-        ("schemaSig", nullable_str(row.schema_sig.as_deref())),
+        ("schemaSig", nullable(row.schema_sig.as_deref())),
         ("createdAtMs", Value::from(row.created_at_ms)),
         ("updatedAtMs", Value::from(row.updated_at_ms)),
         ("ttlMs", nullable_i64(row.ttl_ms)),

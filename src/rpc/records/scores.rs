@@ -5,12 +5,11 @@
 //! a scorer wrote; the methods read whatever is there.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::{nullable_i64, nullable_str, optional_str};
 use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
+use crate::rpc::common::{invalid_request, nullable, nullable_i64, optional_str, storage};
 use crate::rpc::dispatch::CallContext;
 use crate::rpc::frame::object;
-use crate::rpc::methods::{invalid_request, storage};
 use crate::rpc::{Object, Value};
 use crate::storage::records::{RecordsQuery, ScoreDetail, ScoreQuery, ScoreRow};
 use crate::storage::Command;
@@ -50,7 +49,7 @@ fn score_fields(row: &ScoreRow) -> Vec<(&'static str, Value)> {
         ("scorerName", Value::from(row.scorer_name.as_str())),
         ("source", Value::from(row.source.as_str())),
         ("score", Value::from(row.score)),
-        ("reason", nullable_str(row.reason.as_deref())),
+        ("reason", nullable(row.reason.as_deref())),
         ("scoredAtMs", Value::from(row.scored_at_ms)),
         ("latencyMs", nullable_i64(row.latency_ms)),
         ("durationMs", nullable_i64(row.duration_ms)),

@@ -4,12 +4,12 @@
 //! deleted path revives it. Kinds are stored as given: §4.8 validates only `path` and `content`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::{nullable_i64, nullable_str, optional_str};
 use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
+use crate::rpc::common::{invalid_request, now_ms, nullable, nullable_i64, optional_str, storage};
 use crate::rpc::dispatch::CallContext;
 use crate::rpc::frame::object;
-use crate::rpc::methods::{invalid_request, positive_limit, storage};
+use crate::rpc::methods::positive_limit;
 use crate::rpc::Value;
 use crate::storage::records::{DocFilter, DocMutation, DocRow, RecordsQuery};
 use crate::storage::{Command, Mutation, StorageError, StorageHandle};
@@ -26,7 +26,7 @@ fn doc_value(row: &DocRow) -> Value {
         ("kind", Value::from(row.kind.as_str())),
         ("content", Value::from(row.content.as_str())),
         ("contentHash", Value::from(row.content_hash.as_str())),
-        ("status", nullable_str(row.status.as_deref())),
+        ("status", nullable(row.status.as_deref())),
         ("updatedAtMs", Value::from(row.updated_at_ms)),
         ("deletedAtMs", nullable_i64(row.deleted_at_ms)),
     ])
@@ -39,17 +39,13 @@ fn ticket_value(row: &DocRow) -> Value {
         ("kind", Value::from(row.kind.as_str())),
         ("content", Value::from(row.content.as_str())),
         ("contentHash", Value::from(row.content_hash.as_str())),
-        ("status", nullable_str(row.status.as_deref())),
+        ("status", nullable(row.status.as_deref())),
         ("updatedAtMs", Value::from(row.updated_at_ms)),
     ])
 }
 
 fn rows_value(rows: &[DocRow], shape: fn(&DocRow) -> Value) -> Value {
     Value::Array(Box::new(rows.iter().map(shape).collect()))
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 /// `listDocs`: each filter from params, else from `filter`; `limit` must be a positive integer
