@@ -948,3 +948,318 @@ fn seq_and_state_version_are_monotonic_across_the_surface() {
         assert!(names.contains(name), "no {name} in the tour: {names:?}");
     }
 }
+
+/// A small deterministic generator (xorshift64*), so a failing case can be replayed by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Every parameter name the catalog reads anywhere, so each method meets its own keys.
+const PARAM_KEYS: &[&str] = &[
+    "runId",
+    "nodeId",
+    "iteration",
+    "attempt",
+    "frameNo",
+    "confirm",
+    "force",
+    "noRevert",
+    "afterSeq",
+    "fromSeq",
+    "limit",
+    "offset",
+    "filter",
+    "workflow",
+    "input",
+    "options",
+    "pattern",
+    "cronId",
+    "enabled",
+    "approved",
+    "decision",
+    "note",
+    "signalName",
+    "correlationKey",
+    "correlationId",
+    "data",
+    "payload",
+    "path",
+    "content",
+    "kind",
+    "status",
+    "runIds",
+    "scoreId",
+    "scorerId",
+    "scorerName",
+    "source",
+    "order",
+    "sessionId",
+    "actionId",
+    "action",
+    "expectedRevision",
+    "sinceRevision",
+    "include",
+    "point",
+    "viewport",
+    "namespace",
+    "fresh",
+    "leftRunId",
+    "rightRunId",
+    "newRunId",
+    "resetDependents",
+    "afterFrameNo",
+    "includeDeleted",
+    "updatedAfterMs",
+    "hasUi",
+    "includeSystem",
+    "parentRunId",
+];
+
+/// A value of any JSON type, biased toward what validators must tell apart: real ids, empty
+/// and oversized strings, negative, fractional and huge numbers, nesting.
+fn random_value(rng: &mut Rng, run_id: &str, depth: usize) -> Value {
+    let strings = [
+        run_id.to_string(),
+        String::new(),
+        "hello".into(),
+        "greet".into(),
+        "0 * * * *".into(),
+        "no-such-run".into(),
+        "x".repeat(300),
+        "../../etc/passwd".into(),
+        "Ünï©ødé 🙂".into(),
+        "12".into(),
+        "-1".into(),
+        "gateway:hello".into(),
+    ];
+    match rng.below(if depth > 2 { 6 } else { 8 }) {
+        0 => Value::Null,
+        1 => json!(rng.below(2) == 0),
+        2 => strings[rng.below(strings.len())].clone().into(),
+        3 => strings[rng.below(strings.len())].clone().into(),
+        4 => [
+            json!(0),
+            json!(1),
+            json!(-1),
+            json!(1.5),
+            json!(2_147_483_648_i64),
+            json!(9_007_199_254_740_993_i64),
+            json!(1e300),
+            json!(u64::MAX),
+        ][rng.below(8)]
+        .clone(),
+        5 => json!(rng.below(4)),
+        6 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_value(rng, run_id, depth + 1))
+                .collect(),
+        ),
+        _ => random_params(rng, run_id, depth + 1),
+    }
+}
+
+fn random_params(rng: &mut Rng, run_id: &str, depth: usize) -> Value {
+    let mut map = serde_json::Map::new();
+    for _ in 0..rng.below(6) {
+        let key = PARAM_KEYS[rng.below(PARAM_KEYS.len())];
+        map.insert(key.to_string(), random_value(rng, run_id, depth));
+    }
+    Value::Object(map)
+}
+
+/// A valid call of `method` on the finished run `run` (unknown ids where none can be valid), the
+/// starting point the random cases mutate, so they reach past each method's first check.
+fn valid_params(method: &str, run: &str) -> Value {
+    match method {
+        "launchRun" | "runs.create" => json!({"workflow": "hello", "input": {"n": 1}}),
+        "rewindRun" | "jumpToFrame" | "devtools.jumpToFrame" => {
+            json!({"runId": run, "frameNo": 1, "confirm": true})
+        }
+        "submitApproval" | "approvals.decide" => {
+            json!({"runId": run, "nodeId": "greet", "approved": true, "note": "n"})
+        }
+        "submitSignal" | "signals.send" => {
+            json!({"runId": run, "signalName": "s", "correlationId": "c", "data": {}})
+        }
+        "getNodeOutput" | "getNodeDiff" | "devtools.getNodeOutput" | "devtools.getNodeDiff" => {
+            json!({"runId": run, "nodeId": "greet", "iteration": 0})
+        }
+        "attempts.get" => json!({"runId": run, "nodeId": "greet", "iteration": 0, "attempt": 1}),
+        "retryTask" => json!({"runId": run, "nodeId": "greet", "resetDependents": true}),
+        "whatHappened" => json!({"runId": run, "nodeId": "greet", "iteration": 0}),
+        "runs.diff" => json!({"leftRunId": run, "rightRunId": run}),
+        "cronCreate" | "cron.add" => json!({"workflow": "hello", "pattern": "0 * * * *"}),
+        "cronDelete" | "cron.remove" => json!({"cronId": "gateway:nightly"}),
+        "cronRun" | "cron.trigger" => json!({"workflow": "hello", "input": {}}),
+        "listScoresForRuns" => json!({"runIds": [run], "limit": 10, "order": "scoredAtDesc"}),
+        "getScoreDetail" => json!({"runId": run, "scoreId": "s"}),
+        "createTicket" | "updateTicket" => {
+            json!({"path": "t.md", "content": "c", "kind": "ticket"})
+        }
+        "deleteTicket" => json!({"path": "t.md"}),
+        "listDocs" | "listTickets" => json!({"kind": "ticket", "includeDeleted": true}),
+        "frames.list" => json!({"runId": run, "limit": 5, "afterFrameNo": 1}),
+        "frames.get" => json!({"runId": run, "frameNo": 1}),
+        "streamDevTools" => json!({"runId": run, "fromSeq": 0}),
+        "createBrowserSession" => json!({"source": "https://example.com"}),
+        "browserAct" => json!({"sessionId": "s", "actionId": "a", "action": {"kind": "click"}}),
+        "browserContext" | "closeBrowserSession" => json!({"sessionId": "s"}),
+        "browserPick" => json!({"sessionId": "s", "point": {"x": 1, "y": 1}}),
+        "listBrowserSessions"
+        | "health"
+        | "getSchemaSignature"
+        | "listAccounts"
+        | "listUsageReports"
+        | "listPrompts"
+        | "listMemoryFacts"
+        | "listWorkflows"
+        | "workflows.list"
+        | "listApprovals"
+        | "approvals.list"
+        | "cronList"
+        | "cron.list"
+        | "listRuns"
+        | "runs.list"
+        | "approve"
+        | "noSuchMethod" => json!({}),
+        _ => json!({"runId": run}),
+    }
+}
+
+/// `valid` with one to three keys (its own or any the catalog reads) replaced by random values
+/// or removed.
+fn mutate(rng: &mut Rng, valid: &Value, run: &str) -> Value {
+    let mut params = valid.clone();
+    let own: Vec<String> = valid
+        .as_object()
+        .map(|map| map.keys().cloned().collect())
+        .unwrap_or_default();
+    let Some(map) = params.as_object_mut() else {
+        return params;
+    };
+    for _ in 0..1 + rng.below(3) {
+        let key = if !own.is_empty() && rng.below(4) != 0 {
+            own[rng.below(own.len())].clone()
+        } else {
+            PARAM_KEYS[rng.below(PARAM_KEYS.len())].to_string()
+        };
+        if rng.below(5) == 0 {
+            map.remove(&key);
+        } else {
+            map.insert(key, random_value(rng, run, 0));
+        }
+    }
+    params
+}
+
+/// Goal: no parameters a peer can send break a method. For every name of the catalog, a valid
+/// call, 48 seeded mutations of it, 16 random parameter sets and four non-object params get a
+/// well-formed answer on WebSocket and HTTP: a payload, or an error whose code is one of ours
+/// with the HTTP status our table gives it; a 500 comes only from the methods documented to
+/// answer one; and the server still answers `health` afterwards with its data intact.
+#[test]
+fn random_params_never_break_a_method() {
+    let gateway = Gateway::start(|_| {});
+    let (mut client, _) = Client::connect(gateway.addr);
+    let run = finished_hello(&mut client);
+    let codes: BTreeMap<&str, u16> = smithers_gateway::error::ErrorCode::ALL
+        .iter()
+        .map(|code| (code.as_str(), code.http_status()))
+        .collect();
+    // Methods whose 500s are documented (METHODS.md, DECISIONS.md), with the codes they use.
+    let allowed_500 = |method: &str, code: &str| -> bool {
+        matches!(
+            (method, code),
+            (
+                "createBrowserSession"
+                    | "browserAct"
+                    | "browserContext"
+                    | "browserPick"
+                    | "closeBrowserSession",
+                "Internal"
+            ) | ("cronRun" | "cron.trigger", "SERVER_ERROR")
+                | (
+                    "rewindRun" | "jumpToFrame" | "devtools.jumpToFrame",
+                    "RewindFailed"
+                )
+                | ("getRunDiff", "VcsError")
+        )
+    };
+    let mut rng = Rng(0x5eed_f5ee_d5ee);
+    let mut answered = 0;
+    for &(method, _, ws_only, _) in SURFACE {
+        let valid = valid_params(method, &run);
+        let mut cases: Vec<Value> = vec![
+            json!(null),
+            json!([1, 2]),
+            json!("text"),
+            json!(7),
+            valid.clone(),
+        ];
+        cases.extend((0..16).map(|_| random_params(&mut rng, &run, 0)));
+        cases.extend((0..48).map(|_| mutate(&mut rng, &valid, &run)));
+        for params in &cases {
+            let frame = ws_call(&mut client, method, params);
+            match frame["ok"].as_bool() {
+                Some(true) => assert!(frame.get("payload").is_some(), "{method} {params}: {frame}"),
+                Some(false) => {
+                    let code = frame["error"]["code"].as_str().unwrap_or_default();
+                    let status = codes
+                        .get(code)
+                        .copied()
+                        .unwrap_or_else(|| panic!("ws {method} {params}: unknown code in {frame}"));
+                    assert!(
+                        status != 500 || allowed_500(method, code),
+                        "ws {method} {params}: unexpected 500 {frame}"
+                    );
+                    assert!(
+                        frame["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| !m.is_empty()),
+                        "ws {method} {params}: {frame}"
+                    );
+                }
+                None => panic!("ws {method} {params}: not a response: {frame}"),
+            }
+            answered += 1;
+            if ws_only {
+                continue;
+            }
+            let (status, frame) = http_call(gateway.addr, ADMIN_TOKEN, method, params);
+            if frame["ok"] == true {
+                assert_eq!(status, 200, "http {method} {params}: {frame}");
+            } else {
+                let code = frame["error"]["code"].as_str().unwrap_or_default();
+                assert_eq!(
+                    codes.get(code).copied(),
+                    Some(status),
+                    "http {method} {params}: the status of {code} is the table's: {frame}"
+                );
+                assert!(
+                    status != 500 || allowed_500(method, code),
+                    "http {method} {params}: unexpected 500 {frame}"
+                );
+            }
+            answered += 1;
+        }
+    }
+    assert!(
+        answered > 2 * 64 * SURFACE.len() - 200,
+        "answered {answered}"
+    );
+    let health = client.request("h", "health", json!({}));
+    assert_eq!(health["ok"], true, "{health}");
+    let got = client.request("g", "getRun", json!({"runId": run}));
+    assert_eq!(got["payload"]["runId"], run.as_str(), "{got}");
+}
