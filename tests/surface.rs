@@ -3,7 +3,8 @@
 //! each method's scope is enforced for every scope family over WebSocket and HTTP; WebSocket-only
 //! methods refuse HTTP; every legacy name answers exactly as its canonical method; and on one
 //! socket that touches the whole surface, seq strictly increases and stateVersion never
-//! decreases. Per-method behaviour (happy paths, every validation error) lives in the family
+//! decreases; random params never break a method; auto-subscribe follows the methods that
+//! restart a run. Per-method behaviour (happy paths, every validation error) lives in the family
 //! modules (runs, cron, devtools, inspect, records, control).
 
 use crate::support::*;
@@ -735,6 +736,11 @@ fn examples_and_long() -> std::path::PathBuf {
     );
     write_workflow(
         &dir,
+        "fails",
+        "[[nodes]]\nkind = \"task\"\nid = \"boom\"\nrun = [\"sh\", \"-c\", \"exit 3\"]\n",
+    );
+    write_workflow(
+        &dir,
         "long",
         "[[nodes]]\nkind = \"task\"\nid = \"wait\"\nrun = [\"sleep\", \"60\"]\n",
     );
@@ -1262,4 +1268,137 @@ fn random_params_never_break_a_method() {
     assert_eq!(health["ok"], true, "{health}");
     let got = client.request("g", "getRun", json!({"runId": run}));
     assert_eq!(got["payload"]["runId"], run.as_str(), "{got}");
+}
+
+fn run_id_of(payload: &Value) -> String {
+    payload["runId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no runId in {payload}"))
+        .to_string()
+}
+
+/// Reads `client` until `run` completes; returns that `run.completed` payload.
+fn completed(client: &mut Client, run: &str) -> Value {
+    client
+        .events_until_completed(run)
+        .last()
+        .map(|event| event["payload"].clone())
+        .unwrap_or_default()
+}
+
+/// Polls `getRun` until `run` has `status` (bounded).
+fn wait_status(client: &mut Client, run: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = client.request("ws", "getRun", json!({"runId": run}));
+        if got["payload"]["status"] == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{run} never {status}: {got}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Goal: the auto-subscribe rules of PROTOCOL.md §13 per method. A socket filtered to an
+/// unrelated run receives a run's events after `launchRun`, `cronRun`, `runs.rerun` (always)
+/// and after `submitApproval`, `submitSignal`, `resumeRun`, `retryTask` restart it; it receives
+/// nothing of runs it only cancelled or never touched.
+#[test]
+fn auto_subscribe_follows_the_methods_that_restart_a_run() {
+    let config = GatewayConfig {
+        auth: Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))])),
+        ..GatewayConfig::default()
+    };
+    let workflows = examples_and_long();
+    let gateway = Gateway::start_full(config, 1, &workflows, &temp_dir("data"));
+    let mut filtered = {
+        let mut ws = ws_open(gateway.addr);
+        let mut params = connect_params(Some(ADMIN_TOKEN));
+        params["subscribe"] = json!(["some-other-run"]);
+        let hello = request(&mut ws, "c", "connect", params);
+        assert_eq!(hello["ok"], true, "{hello}");
+        Client {
+            ws,
+            backlog: Default::default(),
+        }
+    };
+    let (mut driver, _) = Client::connect(gateway.addr);
+
+    // Always: launchRun, cronRun, runs.rerun.
+    let launched = run_id_of(&filtered.launch("l", json!({"workflow": "hello"})));
+    assert_eq!(completed(&mut filtered, &launched)["status"], "finished");
+    let cron = filtered.request("cr", "cronRun", json!({"workflow": "hello"}));
+    let cron_run = run_id_of(&cron["payload"]);
+    assert_eq!(completed(&mut filtered, &cron_run)["status"], "finished");
+    let original = run_id_of(&driver.launch("o", json!({"workflow": "hello"})));
+    completed(&mut driver, &original);
+    let rerun = filtered.request("rr", "runs.rerun", json!({"runId": original}));
+    let rerun_id = run_id_of(&rerun["payload"]);
+    assert_eq!(completed(&mut filtered, &rerun_id)["status"], "finished");
+
+    // When the call restarts the run: submitApproval, submitSignal, resumeRun, retryTask.
+    let approve = run_id_of(&driver.launch("a", json!({"workflow": "approve"})));
+    driver.wait_event(&approve, "approval.requested");
+    let decided = filtered.request(
+        "d",
+        "submitApproval",
+        json!({"runId": approve, "nodeId": "ship-it", "approved": true}),
+    );
+    assert_eq!(decided["ok"], true, "{decided}");
+    assert_eq!(completed(&mut filtered, &approve)["status"], "finished");
+
+    let signal = run_id_of(&driver.launch("s", json!({"workflow": "signal"})));
+    wait_status(&mut driver, &signal, "waiting-event");
+    let sent = filtered.request(
+        "sg",
+        "submitSignal",
+        json!({"runId": signal, "signalName": "qa-passed", "data": {}}),
+    );
+    assert_eq!(sent["ok"], true, "{sent}");
+    assert_eq!(completed(&mut filtered, &signal)["status"], "finished");
+
+    let pausable = run_id_of(&driver.launch("p", json!({"workflow": "pausable"})));
+    let paused = driver.request("pp", "pauseRun", json!({"runId": pausable}));
+    assert_eq!(paused["ok"], true, "{paused}");
+    wait_status(&mut driver, &pausable, "paused");
+    let resumed = filtered.request("rs", "resumeRun", json!({"runId": pausable}));
+    assert_eq!(
+        resumed["payload"]["status"], "resume_requested",
+        "{resumed}"
+    );
+    assert_eq!(completed(&mut filtered, &pausable)["status"], "finished");
+
+    let failing = run_id_of(&driver.launch("f", json!({"workflow": "fails"})));
+    assert_eq!(completed(&mut driver, &failing)["status"], "failed");
+    let retried = filtered.request(
+        "rt",
+        "retryTask",
+        json!({"runId": failing, "nodeId": "boom"}),
+    );
+    assert_eq!(retried["payload"]["status"], "retry_requested", "{retried}");
+    assert_eq!(completed(&mut filtered, &failing)["status"], "failed");
+
+    // Not restarted by the filtered socket: cancelled by it, or never touched.
+    let long = run_id_of(&driver.launch("lg", json!({"workflow": "long"})));
+    driver.wait_event(&long, "node.started");
+    let cancelled = filtered.request("cx", "cancelRun", json!({"runId": long}));
+    assert_eq!(cancelled["payload"]["won"], true, "{cancelled}");
+    assert_eq!(completed(&mut driver, &long)["status"], "cancelled");
+    let untouched = run_id_of(&driver.launch("u", json!({"workflow": "hello"})));
+    completed(&mut driver, &untouched);
+    // One worker: the hub queued any event for the filtered socket before this response.
+    let health = filtered.request("h", "health", json!({}));
+    assert_eq!(health["ok"], true, "{health}");
+    let leaked: Vec<&Value> = filtered
+        .backlog
+        .iter()
+        .filter(|e| {
+            e["payload"]["runId"] == long.as_str() || e["payload"]["runId"] == untouched.as_str()
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "events of runs the socket did not restart: {leaked:?}"
+    );
+    let _ = std::fs::remove_dir_all(&workflows);
 }
