@@ -1235,3 +1235,108 @@ fn scopes_are_enforced_per_method() {
         }
     }
 }
+
+/// Rows past every list's bound: one more than `RECORDS_LIST_MAX` (and the inspection bound).
+const PAST_CAP: usize = 10_001;
+
+/// Goal: the 10,000-row bounds of LIMITS.md hold. With 10,001 live tickets, memory facts,
+/// scores of one run, token-usage events of one run and child runs of one root (inserted while
+/// the gateway was stopped: no product path makes that many quickly), `listTickets`,
+/// `listDocs` (asked for 20,000), `listMemoryFacts`, `listScores`, `listRunTokenUsage` and
+/// `listRunDescendants` (asked for 20,000) each return exactly 10,000, in their documented order.
+#[test]
+fn lists_stop_at_ten_thousand_rows() {
+    let data = temp_dir("records-caps");
+    let config = smithers_gateway::config::GatewayConfig {
+        auth: Some(token_auth(&[(ADMIN_TOKEN, grant("admin", &["*"]))])),
+        ..Default::default()
+    };
+    let mut first = Gateway::start_full(config.clone(), 1, &example_workflows(), &data);
+    let (mut client, _) = Client::connect(first.addr);
+    client.launch("l", json!({"workflow": "hello", "runId": "cap-run"}));
+    client.events_until_completed("cap-run");
+    drop(client);
+    first.stop();
+    {
+        let mut db =
+            rusqlite::Connection::open(data.join("smithers.db")).unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.transaction().unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..PAST_CAP {
+            let i = i as i64;
+            tx.execute(
+                "INSERT INTO _smithers_docs (path, kind, content, content_hash, updated_at_ms) \
+                 VALUES (?1, 'ticket', 'c', 'h', ?2)",
+                rusqlite::params![format!("t/{i:05}.md"), 1_000 + i],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            tx.execute(
+                "INSERT INTO _smithers_memory_facts (namespace, key, value_json, created_at_ms, \
+                 updated_at_ms) VALUES ('ns', ?1, '1', 1, 1)",
+                rusqlite::params![format!("k{i:05}")],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            tx.execute(
+                "INSERT INTO _smithers_scorers (id, run_id, node_id, iteration, attempt, \
+                 scorer_id, scorer_name, source, score, scored_at_ms) \
+                 VALUES (?1, 'cap-run', 'greet', 0, 1, ?1, 'q', 'live', 0.5, ?2)",
+                rusqlite::params![format!("s{i:05}"), 1_000 + i],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            tx.execute(
+                "INSERT INTO _smithers_events (run_id, seq, timestamp_ms, type, payload_json) \
+                 VALUES ('cap-run', ?1, ?2, 'TokenUsageReported', '{\"inputTokens\":1}')",
+                rusqlite::params![1_000_000 + i, 5_000 + i],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            tx.execute(
+                "INSERT INTO _smithers_runs (run_id, parent_run_id, workflow_name, status, \
+                 created_at_ms, input_json) VALUES (?1, 'cap-run', 'hello', 'finished', ?2, '{}')",
+                rusqlite::params![format!("cap-child-{i:05}"), 2_000 + i],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let gateway = Gateway::start_full(config, 1, &example_workflows(), &data);
+    let (mut client, _) = Client::connect(gateway.addr);
+    let rows = |client: &mut Client, method: &str, params: Value| -> Vec<Value> {
+        let response = client.request("cap", method, params);
+        assert_eq!(response["ok"], true, "{method}: {response}");
+        let payload = &response["payload"];
+        let list = payload
+            .as_array()
+            .or_else(|| payload["events"].as_array())
+            .unwrap_or_else(|| panic!("{method}: no rows"));
+        list.clone()
+    };
+    const CAP: usize = 10_000;
+
+    let tickets = rows(&mut client, "listTickets", json!({}));
+    assert_eq!(tickets.len(), CAP);
+    // Newest first: the oldest ticket is the one left out.
+    assert_eq!(tickets[0]["path"], "t/10000.md");
+    assert_eq!(tickets[CAP - 1]["path"], "t/00001.md");
+    let docs = rows(&mut client, "listDocs", json!({"limit": 20_000}));
+    assert_eq!(docs.len(), CAP);
+    let facts = rows(&mut client, "listMemoryFacts", json!({}));
+    assert_eq!(facts.len(), CAP);
+    assert_eq!(facts[CAP - 1]["key"], "k09999");
+    let scores = rows(&mut client, "listScores", json!({"runId": "cap-run"}));
+    assert_eq!(scores.len(), CAP);
+    let usage = rows(
+        &mut client,
+        "listRunTokenUsage",
+        json!({"runId": "cap-run"}),
+    );
+    assert_eq!(usage.len(), CAP);
+    let descendants = rows(
+        &mut client,
+        "listRunDescendants",
+        json!({"runId": "cap-run", "limit": 20_000}),
+    );
+    assert_eq!(descendants.len(), CAP);
+    assert_eq!(descendants[0]["runId"], "cap-run");
+    assert_eq!(descendants[CAP - 1]["runId"], "cap-child-09998");
+    drop(gateway);
+    drop(first);
+}
