@@ -1003,3 +1003,56 @@ fn rerun_relaunches_with_the_same_input() {
     }
     assert_forbidden(gateway.addr, READER_TOKEN, "runs.rerun", "run:write");
 }
+
+/// Goal: a retry whose backoff falls due while the run is pausing starts nothing: the run
+/// stays `paused` with its one failed attempt past the due time, and `resumeRun` sets the retry
+/// again, which then succeeds.
+#[test]
+fn retry_backoff_due_while_paused_waits_for_resume() {
+    let scratch = temp_dir("backoff");
+    let marker = scratch.join("marker");
+    let workflow = format!(
+        "[[nodes]]\nkind = \"task\"\nid = \"flaky\"\nretries = 1\nrun = [\"sh\", \"-c\", \
+         \"if [ -f '{}' ]; then echo '{{}}'; else exit 3; fi\"]\n",
+        marker.display()
+    );
+    // A backoff long enough for the pause to land inside it.
+    let backoff_ms = 1_500;
+    let engine = smithers_gateway::engine::core::EngineOptions {
+        retry_backoff_base_ms: backoff_ms,
+        ..Default::default()
+    };
+    let gateway = Gateway::start_engine(
+        config(),
+        1,
+        &workflows_with(&[("backoff", &workflow)]),
+        &temp_dir("data"),
+        engine,
+    );
+    let data = gateway.data_dir.clone();
+    let (mut client, _) = Client::connect(gateway.addr);
+    let run_id = launch(&mut client, "backoff", json!({}));
+    client.wait_event(&run_id, "node.retrying");
+    let paused = ok_payload(&call(&mut client, "pauseRun", json!({"runId": run_id})));
+    assert_eq!(paused["status"], "pausing");
+    wait_status(&mut client, &run_id, "paused");
+    // The retry would succeed now; past its due time it still has not run.
+    std::fs::write(&marker, b"").unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(backoff_ms * 2));
+    assert_eq!(get_run(&mut client, &run_id)["status"], "paused");
+    assert_eq!(
+        attempts(&data, &run_id, "flaky"),
+        vec![(1, "failed".to_string())]
+    );
+
+    let resumed = ok_payload(&call(&mut client, "resumeRun", json!({"runId": run_id})));
+    assert_eq!(resumed["status"], "resume_requested");
+    let events = client.events_until_completed(&run_id);
+    let last = events.last().cloned().unwrap_or_default();
+    assert_eq!(last["payload"]["status"], "finished", "{events:?}");
+    assert_eq!(
+        attempts(&data, &run_id, "flaky"),
+        vec![(1, "failed".to_string()), (2, "finished".to_string())]
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}
