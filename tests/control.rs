@@ -77,18 +77,6 @@ fn call(client: &mut Client, method: &str, params: Value) -> Value {
     client.request(&fresh_id(), method, params)
 }
 
-fn ok_payload(response: &Value) -> Value {
-    assert_eq!(response["ok"], true, "{response}");
-    response["payload"].clone()
-}
-
-/// `POST /rpc` as `token`: the status and the frame.
-fn http_call(addr: SocketAddr, token: &str, method: &str, params: Value) -> (u16, Value) {
-    let body = json!({"id": "h1", "method": method, "params": params}).to_string();
-    let response = post_json(addr, "/rpc", Some(token), &body);
-    (response.status, response.json())
-}
-
 /// `POST /v1/rpc/<method>` with the params as the body: the status and the frame.
 fn http_call_v1(addr: SocketAddr, token: &str, method: &str, params: Value) -> (u16, Value) {
     let response = post_json(
@@ -108,7 +96,7 @@ fn assert_error(
     params: Value,
     expected: (u16, &str, &str),
 ) -> Value {
-    let (status, frame) = http_call(addr, token, method, params.clone());
+    let (status, frame) = rpc_post(addr, token, method, params.clone());
     assert_eq!(frame["ok"], false, "{method} {params}: {frame}");
     assert_eq!(
         (

@@ -16,13 +16,6 @@ fn now_ms() -> i64 {
     smithers_gateway::clock::now_ms() as i64
 }
 
-/// `POST /rpc` as `token`; returns the status and the frame.
-fn http_call(addr: SocketAddr, token: &str, method: &str, params: Value) -> (u16, Value) {
-    let body = json!({"id": "h1", "method": method, "params": params}).to_string();
-    let response = post_json(addr, "/rpc", Some(token), &body);
-    (response.status, response.json())
-}
-
 /// Asserts an HTTP error: status, code and message.
 fn assert_http_error(
     addr: SocketAddr,
@@ -32,7 +25,7 @@ fn assert_http_error(
     code: &str,
     message: &str,
 ) {
-    let (got_status, frame) = http_call(addr, ADMIN_TOKEN, method, params.clone());
+    let (got_status, frame) = rpc_post(addr, ADMIN_TOKEN, method, params.clone());
     assert_eq!(got_status, status, "{method} {params}: {frame}");
     assert_eq!(frame["ok"], false, "{frame}");
     assert_eq!(frame["error"]["code"], code, "{method} {params}: {frame}");
@@ -40,11 +33,6 @@ fn assert_http_error(
         frame["error"]["message"], message,
         "{method} {params}: {frame}"
     );
-}
-
-fn ok_payload(response: &Value) -> Value {
-    assert_eq!(response["ok"], true, "{response}");
-    response["payload"].clone()
 }
 
 fn row_of(rows: &Value, cron_id: &str) -> Option<Value> {
@@ -288,7 +276,7 @@ fn validation_errors_have_exact_codes_and_statuses() {
         "Unknown workflow: nope",
     );
     // Nothing was created by the refusals: only the example schedule is listed.
-    let (status, frame) = http_call(addr, ADMIN_TOKEN, "cronList", json!({}));
+    let (status, frame) = rpc_post(addr, ADMIN_TOKEN, "cronList", json!({}));
     assert_eq!(status, 200);
     let ids: Vec<&str> = frame["payload"]
         .as_array()
@@ -296,19 +284,19 @@ fn validation_errors_have_exact_codes_and_statuses() {
         .unwrap_or_default();
     assert_eq!(ids, vec!["gateway:nightly"]);
     // HTTP happy path for the write methods too.
-    let (status, frame) = http_call(
+    let (status, frame) = rpc_post(
         addr,
         ADMIN_TOKEN,
         "cronCreate",
         json!({"workflow": "hello", "pattern": "@daily", "cronId": "h"}),
     );
     assert_eq!((status, &frame["payload"]["cronId"]), (200, &json!("h")));
-    let (status, frame) = http_call(addr, ADMIN_TOKEN, "cronRun", json!({"cronId": "h"}));
+    let (status, frame) = rpc_post(addr, ADMIN_TOKEN, "cronRun", json!({"cronId": "h"}));
     assert_eq!(
         (status, &frame["payload"]["workflow"]),
         (200, &json!("hello"))
     );
-    let (status, frame) = http_call(addr, ADMIN_TOKEN, "cronDelete", json!({"cronId": "h"}));
+    let (status, frame) = rpc_post(addr, ADMIN_TOKEN, "cronDelete", json!({"cronId": "h"}));
     assert_eq!(
         (status, frame["payload"].clone()),
         (200, json!({"cronId": "h", "removed": true}))
@@ -330,7 +318,7 @@ fn scopes_are_enforced_per_method() {
     });
     let addr = gateway.addr;
     let forbidden = |token: &str, method: &str, scope: &str| {
-        let (status, frame) = http_call(addr, token, method, json!({}));
+        let (status, frame) = rpc_post(addr, token, method, json!({}));
         assert_eq!(status, 403, "{token} {method}: {frame}");
         assert_eq!(frame["error"]["code"], "FORBIDDEN");
         assert_eq!(frame["error"]["requiredScope"], scope);
@@ -340,7 +328,7 @@ fn scopes_are_enforced_per_method() {
         );
     };
     let allowed = |token: &str, method: &str, params: Value| {
-        let (status, frame) = http_call(addr, token, method, params);
+        let (status, frame) = rpc_post(addr, token, method, params);
         assert_eq!(status, 200, "{token} {method}: {frame}");
     };
     allowed("reader", "cronList", json!({}));

@@ -20,13 +20,6 @@ fn admin_config() -> smithers_gateway::config::GatewayConfig {
     }
 }
 
-/// `POST /rpc` as the admin; returns the status and the frame.
-fn http_call(addr: SocketAddr, method: &str, params: Value) -> (u16, Value) {
-    let body = json!({"id": "h1", "method": method, "params": params}).to_string();
-    let response = post_json(addr, "/rpc", Some(ADMIN_TOKEN), &body);
-    (response.status, response.json())
-}
-
 /// The payload of a successful `POST /v1/rpc/<method>`.
 fn http_ok(addr: SocketAddr, method: &str, params: Value) -> Value {
     let response = post_json(
@@ -48,7 +41,7 @@ fn assert_error(
     params: Value,
     expected: (u16, &str, &str),
 ) {
-    let (status, frame) = http_call(addr, method, params.clone());
+    let (status, frame) = rpc_post(addr, ADMIN_TOKEN, method, params.clone());
     assert_eq!(
         (
             status,

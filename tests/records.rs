@@ -13,16 +13,9 @@ use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// `POST /rpc` as `token`; returns the status and the frame.
-fn http_call(addr: SocketAddr, token: &str, method: &str, params: Value) -> (u16, Value) {
-    let body = json!({"id": "h1", "method": method, "params": params}).to_string();
-    let response = post_json(addr, "/rpc", Some(token), &body);
-    (response.status, response.json())
-}
-
 /// The payload of a successful HTTP call.
 fn http_ok(addr: SocketAddr, method: &str, params: Value) -> Value {
-    let (status, frame) = http_call(addr, ADMIN_TOKEN, method, params.clone());
+    let (status, frame) = rpc_post(addr, ADMIN_TOKEN, method, params.clone());
     assert_eq!(status, 200, "{method} {params}: {frame}");
     assert_eq!(frame["ok"], true, "{frame}");
     frame["payload"].clone()
@@ -37,7 +30,7 @@ fn assert_http_error(
     code: &str,
     message: &str,
 ) {
-    let (got_status, frame) = http_call(addr, ADMIN_TOKEN, method, params.clone());
+    let (got_status, frame) = rpc_post(addr, ADMIN_TOKEN, method, params.clone());
     assert_eq!(
         (
             got_status,
@@ -48,11 +41,6 @@ fn assert_http_error(
         "{method} {params}: {frame}"
     );
     assert_eq!(frame["ok"], false, "{frame}");
-}
-
-fn ok_payload(response: &Value) -> Value {
-    assert_eq!(response["ok"], true, "{response}");
-    response["payload"].clone()
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -1214,7 +1202,7 @@ fn scopes_are_enforced_per_method() {
     ];
     for (token, held) in grants {
         for (method, scope) in catalog {
-            let (status, frame) = http_call(addr, token, method, json!({}));
+            let (status, frame) = rpc_post(addr, token, method, json!({}));
             if held.contains(&scope) {
                 assert_ne!(status, 403, "{token} {method}: {frame}");
             } else {

@@ -415,13 +415,11 @@ fn start_with_scope_tokens() -> Gateway {
 
 /// `POST /rpc` as `token`: the status and the frame without its id.
 fn http_call(addr: SocketAddr, token: &str, method: &str, params: &Value) -> (u16, Value) {
-    let body = json!({"id": "s1", "method": method, "params": params}).to_string();
-    let response = post_json(addr, "/rpc", Some(token), &body);
-    let mut frame = response.json();
+    let (status, mut frame) = rpc_post(addr, token, method, params.clone());
     if let Some(object) = frame.as_object_mut() {
         object.remove("id");
     }
-    (response.status, frame)
+    (status, frame)
 }
 
 /// A WebSocket call: the response frame without its id.

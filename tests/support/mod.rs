@@ -486,6 +486,24 @@ pub fn post_json(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) 
     http_once(addr, request.as_bytes())
 }
 
+/// `POST /rpc` of `method` with `params` as `token` (body id `h1`): the status and the frame.
+pub fn rpc_post(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({"id": "h1", "method": method, "params": params}).to_string();
+    let response = post_json(addr, "/rpc", Some(token), &body);
+    (response.status, response.json())
+}
+
+/// The payload of a successful response frame (asserts `ok`).
+pub fn ok_payload(response: &serde_json::Value) -> serde_json::Value {
+    assert_eq!(response["ok"], true, "{response}");
+    response["payload"].clone()
+}
+
 /// Mints an HS256 JWT with free-form header and claims.
 pub fn mint_jwt(header: &serde_json::Value, claims: &serde_json::Value, secret: &[u8]) -> String {
     use base64::Engine;
