@@ -62,6 +62,11 @@ use std::time::{Duration, Instant};
 /// How long a closing socket waits for the peer's close frame, and a finished session for its
 /// queue to leave, before the connection is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a socket whose close frame has left reads (and drops) input while it waits for the
+/// peer to close its side (`linger`).
+const LINGER: Duration = Duration::from_secs(2);
+/// Input dropped per readiness while lingering, so one socket cannot hold its worker.
+const LINGER_READ_BYTES: usize = 1 << 20;
 /// How long a socket may stay unwritable with frames queued before the peer is considered gone.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// The worker's read buffer: one per worker, shared by all its sessions.
@@ -1479,10 +1484,66 @@ pub async fn serve(opened: Opened) {
             _ = Box::pin(monoio::time::sleep(wait)) => {}
         }
     }
+    let lingers = {
+        let out = session.out.borrow();
+        out.close_sent && !out.abort
+    };
+    if lingers {
+        linger(&session).await;
+    }
     // Handlers still in flight hold the session; the socket and the slots go now.
     let _ = session.with_socket(|socket| socket.shutdown(std::net::Shutdown::Both));
     session.slot.take();
     debug_assert!(session.out.borrow().settled());
+}
+
+/// Lingering close. Our close frame has left and the write side is shut (FIN sent); bytes the
+/// peer sent after its own close (a ping, say) may still be unread here, and closing a socket
+/// with unread input makes the kernel answer with a reset, which can destroy our close frame in
+/// the peer's receive buffer before the peer reads it. So input is read and discarded until the
+/// peer closes its side (one round trip for a peer that got our FIN), for at most `LINGER`.
+async fn linger(session: &Session) {
+    let deadline = Instant::now() + LINGER;
+    loop {
+        if discard_input(session) {
+            return;
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return;
+        }
+        monoio::select! {
+            ready = session.stream.readable(false) => {
+                if ready.is_err() {
+                    return;
+                }
+            }
+            _ = Box::pin(monoio::time::sleep(wait)) => return,
+        }
+    }
+}
+
+/// Reads and drops what the socket holds (at most `LINGER_READ_BYTES` per call, so a peer that
+/// keeps sending cannot hold the worker); true once the peer has closed or the socket failed.
+fn discard_input(session: &Session) -> bool {
+    let ws = &session.context.ws;
+    let mut buffer = ws.read_buffer.borrow_mut();
+    if buffer.len() < READ_BUFFER_BYTES {
+        buffer.resize(READ_BUFFER_BYTES, 0);
+    }
+    let mut discarded = 0;
+    session.with_socket(|socket| {
+        let mut reader: &socket2::Socket = socket;
+        while discarded < LINGER_READ_BYTES {
+            match reader.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(n) => discarded += n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return error.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        }
+        false
+    })
 }
 
 /// What one read gave.
