@@ -791,8 +791,84 @@ mod tests {
         serde_json::from_slice(&out).unwrap()
     }
 
-    /// The client rule over the wire form, as a JavaScript client applies a parsed delta.
-    fn apply_wire(snapshot: &mut J, delta: &J) {
+    // Goal: a client that applies each delta to the previous snapshot always ends with the fresh
+    // snapshot of that frame, and baseSeq/seq chain. Method: 400 seeded cases of random trees (a
+    // few dozen nodes, repeated fragments) through 25 frames of random edits each (adds, removals,
+    // moves, reorders, prop and id changes, task state changes, root renames and retags); each
+    // delta is applied both to the typed snapshot and, as a parsed JSON client would, to the
+    // previous snapshot's wire form.
+    #[test]
+    fn applying_deltas_reproduces_fresh_snapshots() {
+        let mut n_ops = 0usize;
+        for case in 0..400u64 {
+            let mut rng = Rng(case.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xD1B5_4A32_D192_ED03);
+            let mut root = random_node(&mut rng, 0);
+            root.tag = "smithers:workflow";
+            root.id = None;
+            root.props = vec![("name", "w1".into())];
+            let mut states: HashMap<&'static str, (usize, i64)> = HashMap::new();
+            let mut previous = snapshot(1, to_json(&root), index_json(&states));
+            let mut client_typed = previous.clone();
+            let mut client_wire = wire(&previous);
+            for frame_no in 2..=26 {
+                for _ in 0..1 + rng.below(3) {
+                    mutate(&mut rng, &mut root, &mut states);
+                }
+                let fresh = snapshot(frame_no, to_json(&root), index_json(&states));
+                let delta = diff(&previous, &fresh).unwrap();
+                assert_eq!((delta.base_seq, delta.seq), (frame_no - 1, frame_no));
+                n_ops += delta.ops.len();
+                apply(&mut client_typed, &delta)
+                    .unwrap_or_else(|e| panic!("case {case} frame {frame_no}: {e}"));
+                assert_eq!(client_typed, fresh, "case {case} frame {frame_no}: typed");
+                let mut bytes = Vec::new();
+                delta.write(&mut bytes);
+                wire_client::apply_wire(&mut client_wire, &serde_json::from_slice(&bytes).unwrap());
+                assert_eq!(
+                    client_wire,
+                    wire(&fresh),
+                    "case {case} frame {frame_no}: wire"
+                );
+                previous = fresh;
+            }
+        }
+        // The generator does exercise the rules (not only empty deltas).
+        assert!(n_ops > 10_000, "{n_ops} ops");
+    }
+
+    // Goal: the same holds across the depth cap: a chain that grows past 256 levels gets a
+    // marker, and the delta that adds or removes levels still rebuilds the fresh snapshot.
+    #[test]
+    fn deltas_across_the_depth_cap() {
+        fn chain(levels: usize) -> J {
+            let mut tree = task("leaf");
+            for _ in 0..levels {
+                tree = element("smithers:sequence", json!({}), vec![tree]);
+            }
+            element("smithers:workflow", json!({"name": "deep"}), vec![tree])
+        }
+        let mut previous = snapshot(1, chain(250), json!([]));
+        for (frame_no, levels) in [(2, 258), (3, 262), (4, 255), (5, 300)] {
+            let fresh = snapshot(frame_no, chain(levels), json!([]));
+            let delta = diff(&previous, &fresh).unwrap();
+            let mut client = previous.clone();
+            apply(&mut client, &delta).unwrap();
+            assert_eq!(client, fresh, "frame {frame_no}");
+            previous = fresh;
+        }
+        assert_eq!(previous.root.count(), 258);
+    }
+}
+
+/// A JSON client of the delta wire form, for tests here and in `hub`: it applies a parsed delta
+/// as a JavaScript client does (EVENTS.md §4.4), checking that `baseSeq` chains.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+pub(crate) mod wire_client {
+    use serde_json::Value as J;
+
+    /// Applies `delta` to `snapshot` (both parsed wire JSON).
+    pub(crate) fn apply_wire(snapshot: &mut J, delta: &J) {
         assert_eq!(delta["baseSeq"], snapshot["seq"], "baseSeq chain");
         fn find<'j>(node: &'j mut J, id: &J) -> Option<&'j mut J> {
             if node["id"] == *id {
@@ -844,73 +920,5 @@ mod tests {
         }
         snapshot["seq"] = delta["seq"].clone();
         snapshot["frameNo"] = delta["seq"].clone();
-    }
-
-    // Goal: a client that applies each delta to the previous snapshot always ends with the fresh
-    // snapshot of that frame, and baseSeq/seq chain. Method: 400 seeded cases of random trees (a
-    // few dozen nodes, repeated fragments) through 25 frames of random edits each (adds, removals,
-    // moves, reorders, prop and id changes, task state changes, root renames and retags); each
-    // delta is applied both to the typed snapshot and, as a parsed JSON client would, to the
-    // previous snapshot's wire form.
-    #[test]
-    fn applying_deltas_reproduces_fresh_snapshots() {
-        let mut n_ops = 0usize;
-        for case in 0..400u64 {
-            let mut rng = Rng(case.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xD1B5_4A32_D192_ED03);
-            let mut root = random_node(&mut rng, 0);
-            root.tag = "smithers:workflow";
-            root.id = None;
-            root.props = vec![("name", "w1".into())];
-            let mut states: HashMap<&'static str, (usize, i64)> = HashMap::new();
-            let mut previous = snapshot(1, to_json(&root), index_json(&states));
-            let mut client_typed = previous.clone();
-            let mut client_wire = wire(&previous);
-            for frame_no in 2..=26 {
-                for _ in 0..1 + rng.below(3) {
-                    mutate(&mut rng, &mut root, &mut states);
-                }
-                let fresh = snapshot(frame_no, to_json(&root), index_json(&states));
-                let delta = diff(&previous, &fresh).unwrap();
-                assert_eq!((delta.base_seq, delta.seq), (frame_no - 1, frame_no));
-                n_ops += delta.ops.len();
-                apply(&mut client_typed, &delta)
-                    .unwrap_or_else(|e| panic!("case {case} frame {frame_no}: {e}"));
-                assert_eq!(client_typed, fresh, "case {case} frame {frame_no}: typed");
-                let mut bytes = Vec::new();
-                delta.write(&mut bytes);
-                apply_wire(&mut client_wire, &serde_json::from_slice(&bytes).unwrap());
-                assert_eq!(
-                    client_wire,
-                    wire(&fresh),
-                    "case {case} frame {frame_no}: wire"
-                );
-                previous = fresh;
-            }
-        }
-        // The generator does exercise the rules (not only empty deltas).
-        assert!(n_ops > 10_000, "{n_ops} ops");
-    }
-
-    // Goal: the same holds across the depth cap: a chain that grows past 256 levels gets a
-    // marker, and the delta that adds or removes levels still rebuilds the fresh snapshot.
-    #[test]
-    fn deltas_across_the_depth_cap() {
-        fn chain(levels: usize) -> J {
-            let mut tree = task("leaf");
-            for _ in 0..levels {
-                tree = element("smithers:sequence", json!({}), vec![tree]);
-            }
-            element("smithers:workflow", json!({"name": "deep"}), vec![tree])
-        }
-        let mut previous = snapshot(1, chain(250), json!([]));
-        for (frame_no, levels) in [(2, 258), (3, 262), (4, 255), (5, 300)] {
-            let fresh = snapshot(frame_no, chain(levels), json!([]));
-            let delta = diff(&previous, &fresh).unwrap();
-            let mut client = previous.clone();
-            apply(&mut client, &delta).unwrap();
-            assert_eq!(client, fresh, "frame {frame_no}");
-            previous = fresh;
-        }
-        assert_eq!(previous.root.count(), 258);
     }
 }

@@ -861,59 +861,12 @@ mod tests {
                 EventKind::Delta => {
                     let delta = &event["delta"];
                     assert_eq!(delta["baseSeq"], tree["seq"], "chain before {seq}");
-                    apply_json(&mut tree, delta);
+                    crate::devtools::delta::wire_client::apply_wire(&mut tree, delta);
                 }
             }
             assert_eq!(tree["seq"], *seq);
         }
         tree
-    }
-
-    /// A JSON client (the rules themselves are tested in `delta`).
-    fn apply_json(tree: &mut serde_json::Value, delta: &serde_json::Value) {
-        use serde_json::Value as J;
-        fn find<'j>(node: &'j mut J, id: &J) -> Option<&'j mut J> {
-            if node["id"] == *id {
-                return Some(node);
-            }
-            node["children"]
-                .as_array_mut()?
-                .iter_mut()
-                .find_map(|c| find(c, id))
-        }
-        fn remove(node: &mut J, id: &J) -> bool {
-            let children = node["children"].as_array_mut().unwrap();
-            if let Some(position) = children.iter().position(|c| c["id"] == *id) {
-                children.remove(position);
-                return true;
-            }
-            children.iter_mut().any(|c| remove(c, id))
-        }
-        for op in delta["ops"].as_array().unwrap() {
-            let root = &mut tree["root"];
-            match op["op"].as_str().unwrap() {
-                "replaceRoot" => *root = op["node"].clone(),
-                "removeNode" => assert!(remove(root, &op["id"])),
-                "addNode" => {
-                    let children = find(root, &op["parentId"]).unwrap()["children"]
-                        .as_array_mut()
-                        .unwrap();
-                    let index = (op["index"].as_u64().unwrap() as usize).min(children.len());
-                    children.insert(index, op["node"].clone());
-                }
-                "updateProps" => find(root, &op["id"]).unwrap()["props"] = op["props"].clone(),
-                "updateTask" => {
-                    let node = find(root, &op["id"]).unwrap().as_object_mut().unwrap();
-                    match op.get("task") {
-                        Some(task) => node.insert("task".into(), task.clone()),
-                        None => node.remove("task"),
-                    };
-                }
-                other => panic!("{other}"),
-            }
-        }
-        tree["seq"] = delta["seq"].clone();
-        tree["frameNo"] = delta["seq"].clone();
     }
 
     fn fresh(storage: &HashMap<i64, FrameSource>, frame_no: i64) -> serde_json::Value {

@@ -859,7 +859,6 @@ pub fn get_approval(
         .map_err(map_error)
 }
 
-/// Events with seq > after_seq, ascending, at most `limit`.
 /// An event row from `SELECT run_id, seq, timestamp_ms, type, payload_json`.
 fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
@@ -871,6 +870,7 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
+/// Events with seq > after_seq, ascending, at most `limit`.
 pub fn list_events(
     conn: &Connection,
     run_id: &str,
@@ -891,6 +891,18 @@ pub fn list_events(
         .map_err(map_error)
 }
 
+/// A frame row from `SELECT run_id, frame_no, created_at_ms, xml_json, xml_hash, task_index_json`.
+fn frame_from_row(row: &Row<'_>) -> rusqlite::Result<FrameRow> {
+    Ok(FrameRow {
+        run_id: row.get(0)?,
+        frame_no: row.get(1)?,
+        created_at_ms: row.get(2)?,
+        xml_json: row.get(3)?,
+        xml_hash: row.get(4)?,
+        task_index_json: row.get(5)?,
+    })
+}
+
 pub fn get_frame(
     conn: &Connection,
     run_id: &str,
@@ -903,16 +915,7 @@ pub fn get_frame(
         )
         .map_err(map_error)?;
     statement
-        .query_row(params![run_id, frame_no], |row| {
-            Ok(FrameRow {
-                run_id: row.get(0)?,
-                frame_no: row.get(1)?,
-                created_at_ms: row.get(2)?,
-                xml_json: row.get(3)?,
-                xml_hash: row.get(4)?,
-                task_index_json: row.get(5)?,
-            })
-        })
+        .query_row(params![run_id, frame_no], frame_from_row)
         .optional()
         .map_err(map_error)
 }
@@ -1273,17 +1276,6 @@ pub fn list_run_descendants(
         }
     }
     Ok(Some(rows))
-}
-
-fn frame_from_row(row: &Row<'_>) -> rusqlite::Result<FrameRow> {
-    Ok(FrameRow {
-        run_id: row.get(0)?,
-        frame_no: row.get(1)?,
-        created_at_ms: row.get(2)?,
-        xml_json: row.get(3)?,
-        xml_hash: row.get(4)?,
-        task_index_json: row.get(5)?,
-    })
 }
 
 /// Frames newest first, numbered above `after_frame_no` when given, at most `limit`; None when
