@@ -19,6 +19,8 @@
 //! parser anyway.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use crate::clock::{civil_from_days, days_in_month};
+
 /// Longest pattern accepted, in bytes: the longest meaningful expression (every value of every
 /// field listed) is under 400 bytes; past this the text is refused before it is split.
 pub const PATTERN_BYTES_MAX: usize = 1_024;
@@ -555,35 +557,6 @@ fn check_explicit_day(months: &Values, days_of_month: &Values) -> Result<(), Cro
         Some(day) if day <= days_in_month(2000, *month) => Ok(()),
         _ => Err(CronError::ImpossibleDate),
     }
-}
-
-/// Days in `month` (1..=12) of `year`.
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        4 | 6 | 9 | 11 => 30,
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
-
-/// (year, month 1..=12, day 1..=31) of a day number counted from 1970-01-01 (H. Hinnant).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 fn has(bits: u64, index: u32) -> bool {

@@ -12,9 +12,7 @@
 //! reaches the output: objects are built key by key in a fixed order).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::workflow::{
-    format_duration_ms, format_rfc3339_ms, NodeDef, NodeKind, TaskBody, TimerDef, WorkflowDef,
-};
+use super::workflow::{format_duration_ms, NodeDef, NodeKind, TaskBody, TimerDef, WorkflowDef};
 use crate::rpc::frame::object;
 use crate::rpc::Value;
 use simd_json::prelude::*;
@@ -174,7 +172,7 @@ impl Renderer<'_> {
                 props.push(("id", id()));
                 props.extend(label);
                 if let TimerDef::UntilMs(until_ms) = timer {
-                    props.push(("until", Value::from(format_rfc3339_ms(*until_ms))));
+                    props.push(("until", Value::from(crate::clock::iso_from_ms(*until_ms))));
                 }
                 self.index(node, iteration, "timer", None);
                 element("smithers:timer", object(props), Vec::new())

@@ -348,7 +348,9 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     if !(1..=12).contains(&month) {
         return Err(invalid("month out of range"));
     }
-    if day < 1 || day > days_in_month(year, month) {
+    // In range, so the casts below are exact.
+    let month = month as u32;
+    if day < 1 || day > i64::from(crate::clock::days_in_month(year, month)) {
         return Err(invalid("day out of range"));
     }
     if hour > 23 {
@@ -407,66 +409,9 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
         _ => return Err(invalid("offset must be Z or ±HH:MM")),
     };
 
-    let days = days_from_civil(year, month, day);
+    let days = crate::clock::days_from_civil(year, month, day as u32);
     let local_seconds = ((days * 24 + hour) * 60 + minute) * 60 + second;
     Ok((local_seconds - offset_minutes * 60) * 1000 + fraction_ms)
-}
-
-/// Formats epoch milliseconds as RFC 3339 in UTC with milliseconds (`2026-11-25T08:00:00.000Z`).
-pub fn format_rfc3339_ms(epoch_ms: i64) -> String {
-    let days = epoch_ms.div_euclid(86_400_000);
-    let day_ms = epoch_ms.rem_euclid(86_400_000);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1_000 % 60,
-        day_ms % 1_000
-    )
-}
-
-fn is_leap_year(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let month_from_march = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The inverse of `days_from_civil`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2041,14 +1986,14 @@ mod tests {
             1_795_593_600_123,
             -62_135_596_800_000,
         ] {
-            let text = format_rfc3339_ms(ms);
+            let text = crate::clock::iso_from_ms(ms);
             assert_eq!(parse_rfc3339_ms(&text), Ok(ms), "{text}");
         }
         assert_eq!(
-            format_rfc3339_ms(1_795_593_600_000),
+            crate::clock::iso_from_ms(1_795_593_600_000),
             "2026-11-25T08:00:00.000Z"
         );
-        assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(crate::clock::iso_from_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     // Goal: the example workflows shipped in `workflows/` all load, with the expected keys and
