@@ -5,9 +5,9 @@
 
 use super::dispatch::CallContext;
 use super::Value;
-use crate::engine::core::EngineHandle;
+use crate::engine::core::{storage_rpc_error, EngineHandle};
 use crate::error::{ErrorCode, RpcError};
-use crate::storage::StorageHandle;
+use crate::storage::{Command, Reply, RunRow, StorageHandle};
 use simd_json::prelude::*;
 
 pub(crate) fn invalid_request(message: impl Into<String>) -> RpcError {
@@ -34,6 +34,26 @@ pub(crate) fn storage(context: &CallContext<'_>) -> Result<StorageHandle, RpcErr
         .storage
         .clone()
         .ok_or_else(|| RpcError::new(ErrorCode::ServerError, "Storage is not available"))
+}
+
+/// One storage command; a storage failure becomes the RPC error every method gives for it.
+pub(crate) async fn ask<T>(
+    storage: &StorageHandle,
+    build: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, RpcError> {
+    storage.call(build).await.map_err(|e| storage_rpc_error(&e))
+}
+
+/// The stored row of `run_id`, if the run exists.
+pub(crate) async fn stored_run(
+    storage: &StorageHandle,
+    run_id: &str,
+) -> Result<Option<RunRow>, RpcError> {
+    ask(storage, |reply| Command::GetRun {
+        run_id: run_id.to_string(),
+        reply,
+    })
+    .await
 }
 
 /// A required string parameter: present, a string, not empty.

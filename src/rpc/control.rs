@@ -8,7 +8,7 @@
 //! an earlier frame with `RewindFailed` (docs/DECISIONS.md).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::common::{engine, invalid_request, required_string, storage};
+use super::common::{ask, engine, invalid_request, required_string, storage, stored_run};
 use super::devtools::{read_run_id, INT31_MAX};
 use super::dispatch::CallContext;
 use super::frame::object;
@@ -33,16 +33,6 @@ const AUDIT_CALLER_CHARS_MAX: usize = 256;
 
 pub const REWIND_EARLIER_UNSUPPORTED: &str =
     "Rewind to an earlier frame is not supported by this gateway yet";
-
-async fn stored_run(storage: &StorageHandle, run_id: &str) -> Result<Option<RunRow>, RpcError> {
-    storage
-        .call(|reply| Command::GetRun {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))
-}
 
 // ---- pauseRun ----
 
@@ -332,15 +322,13 @@ pub async fn rewind_run(context: &CallContext<'_>, params: &Value) -> Result<Val
         )
         .with("details", details));
     }
-    let counted = storage
-        .call(|reply| Command::CountTimeTravelAudits {
-            run_id: run_id.to_string(),
-            caller: audit.caller.clone(),
-            since_ms: started_at_ms - REWIND_QUOTA_WINDOW_MS,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let counted = ask(&storage, |reply| Command::CountTimeTravelAudits {
+        run_id: run_id.to_string(),
+        caller: audit.caller.clone(),
+        since_ms: started_at_ms - REWIND_QUOTA_WINDOW_MS,
+        reply,
+    })
+    .await?;
     if counted >= REWIND_QUOTA {
         audit.record(-1, "rejected").await?;
         return Err(RpcError::new(
@@ -348,14 +336,12 @@ pub async fn rewind_run(context: &CallContext<'_>, params: &Value) -> Result<Val
             format!("Rewind quota exceeded for {run_id}; max {REWIND_QUOTA} per 60m."),
         ));
     }
-    let latest = storage
-        .call(|reply| Command::LatestFrame {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .unwrap_or(0);
+    let latest = ask(&storage, |reply| Command::LatestFrame {
+        run_id: run_id.to_string(),
+        reply,
+    })
+    .await?
+    .unwrap_or(0);
     let refusal = if latest == 0 {
         Some(frame_out_of_range(format!("Run {run_id} has no frames.")))
     } else if frame_no > latest {
@@ -363,14 +349,12 @@ pub async fn rewind_run(context: &CallContext<'_>, params: &Value) -> Result<Val
             "frameNo must be between 0 and {latest}."
         )))
     } else {
-        let frame = storage
-            .call(|reply| Command::GetFrame {
-                run_id: run_id.to_string(),
-                frame_no,
-                reply,
-            })
-            .await
-            .map_err(|e| storage_rpc_error(&e))?;
+        let frame = ask(&storage, |reply| Command::GetFrame {
+            run_id: run_id.to_string(),
+            frame_no,
+            reply,
+        })
+        .await?;
         if frame.is_none() {
             Some(frame_out_of_range(format!(
                 "Frame {frame_no} does not exist for run {run_id}."

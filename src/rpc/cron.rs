@@ -8,7 +8,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::common::{
-    container_depth, invalid_input, invalid_request, now_ms, nullable_i64, required_string, storage,
+    ask, container_depth, invalid_input, invalid_request, now_ms, nullable_i64, required_string,
+    storage,
 };
 use super::dispatch::CallContext;
 use super::frame::object;
@@ -45,10 +46,7 @@ pub async fn cron_list(context: &CallContext<'_>, params: &Value) -> Result<Valu
         .get("filter")
         .and_then(|filter| filter.get("workflow"))
         .and_then(|v| v.as_str());
-    let rows = storage(context)?
-        .call(|reply| Command::ListCrons { reply })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let rows = ask(&storage(context)?, |reply| Command::ListCrons { reply }).await?;
     let rows = rows
         .iter()
         .filter(|row| workflow.is_none_or(|wanted| workflow_of(row) == wanted))
@@ -93,10 +91,11 @@ pub async fn cron_create(context: &CallContext<'_>, params: &Value) -> Result<Va
         error_json: None,
     };
     let mutations = vec![Mutation::UpsertCron(row.clone())];
-    storage(context)?
-        .call(|reply| Command::Write { mutations, reply })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    ask(&storage(context)?, |reply| Command::Write {
+        mutations,
+        reply,
+    })
+    .await?;
     // The payload is what was asked for, as the reference answers (an existing id keeps its
     // stored creation time, last run and error; `cronList` shows those).
     Ok(cron_value(&row))
@@ -130,13 +129,13 @@ pub async fn cron_delete(context: &CallContext<'_>, params: &Value) -> Result<Va
 pub async fn cron_run(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let storage = storage(context)?;
     let found = match required_string(params, "cronId") {
-        Some(cron_id) => storage
-            .call(|reply| Command::GetCron {
+        Some(cron_id) => {
+            ask(&storage, |reply| Command::GetCron {
                 cron_id: cron_id.to_string(),
                 reply,
             })
-            .await
-            .map_err(|e| storage_rpc_error(&e))?,
+            .await?
+        }
         None => None,
     };
     let workflow = match (&found, required_string(params, "workflow")) {
@@ -156,10 +155,7 @@ pub async fn cron_run(context: &CallContext<'_>, params: &Value) -> Result<Value
             next_run_at_ms,
             error: None,
         }];
-        storage
-            .call(|reply| Command::Write { mutations, reply })
-            .await
-            .map_err(|e| storage_rpc_error(&e))?;
+        ask(&storage, |reply| Command::Write { mutations, reply }).await?;
     }
     let input = match params.get("input") {
         Some(input @ Value::Object(_)) => input.clone(),
@@ -199,9 +195,5 @@ pub async fn cron_run(context: &CallContext<'_>, params: &Value) -> Result<Value
         })
         .await?;
     context.subscribe(&outcome.run_id);
-    Ok(object(vec![
-        ("runId", Value::from(outcome.run_id.as_str())),
-        ("workflow", Value::from(outcome.workflow.as_str())),
-        ("system", Value::from(outcome.system)),
-    ]))
+    Ok(super::methods::launch_payload(&outcome))
 }

@@ -4,12 +4,12 @@
 //! built by `devtools` and returned as bytes (key order is part of the wire).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::common::storage;
+use super::common::{ask, storage};
 use super::dispatch::CallContext;
 use super::Value;
 use crate::devtools::node::{node_diff, node_output};
 use crate::devtools::snapshot::{build, empty, FrameSource};
-use crate::engine::core::{storage_rpc_error, workflow_key_of};
+use crate::engine::core::workflow_key_of;
 use crate::error::{ErrorCode, RpcError};
 use crate::storage::{Command, NodeRecords};
 use simd_json::prelude::*;
@@ -173,13 +173,11 @@ pub async fn get_snapshot(context: &CallContext<'_>, params: &Value) -> Result<V
     };
     check_filter(context, &run_id)?;
     let storage = storage(context)?;
-    let state = storage
-        .call(|reply| Command::LoadRunState {
-            run_id: run_id.clone(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let state = ask(&storage, |reply| Command::LoadRunState {
+        run_id: run_id.clone(),
+        reply,
+    })
+    .await?;
     if state.run.is_none() {
         return Err(run_not_found(&run_id));
     }
@@ -208,15 +206,13 @@ pub async fn get_snapshot(context: &CallContext<'_>, params: &Value) -> Result<V
     if target == 0 {
         return Err(unavailable());
     }
-    let frame = storage
-        .call(|reply| Command::GetFrame {
-            run_id: run_id.clone(),
-            frame_no: target,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(unavailable)?;
+    let frame = ask(&storage, |reply| Command::GetFrame {
+        run_id: run_id.clone(),
+        frame_no: target,
+        reply,
+    })
+    .await?
+    .ok_or_else(unavailable)?;
     let snapshot = FrameSource::from_rows(&frame, &state.attempts)
         .and_then(|source| build(&source))
         .map_err(|error| RpcError::new(ErrorCode::ServerError, error.to_string()))?;
@@ -233,14 +229,12 @@ async fn node_records(
     let run_id = read_run_id(params)?;
     let node_id = node_id_param(params)?;
     let iteration = iteration(params)?;
-    let records = storage(context)?
-        .call(|reply| Command::LoadNodeRecords {
-            run_id: run_id.clone(),
-            node_id: node_id.clone(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let records = ask(&storage(context)?, |reply| Command::LoadNodeRecords {
+        run_id: run_id.clone(),
+        node_id: node_id.clone(),
+        reply,
+    })
+    .await?;
     if records.run.is_none() {
         return Err(run_not_found(&run_id));
     }

@@ -6,13 +6,14 @@
 //! writes. It also owns `whatHappened`'s bounded cache of recaps of terminal targets.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use super::common::{invalid_input, invalid_request, nullable, nullable_i64, storage};
+use super::common::{
+    ask, invalid_input, invalid_request, nullable, nullable_i64, storage, stored_run,
+};
 use super::devtools::{iteration_lenient, node_id_param, read_run_id, run_not_found};
 use super::dispatch::CallContext;
 use super::frame::{object, write_value};
 use super::methods::{positive_limit, run_id_param};
 use super::Value;
-use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
 use crate::storage::{
     AttemptRow, Command, FrameRow, NodeRow, RunRow, RunState, SchemaCatalog, StorageHandle,
@@ -59,13 +60,11 @@ fn array(items: Vec<Value>) -> Value {
 }
 
 async fn load_state(storage: &StorageHandle, run_id: &str) -> Result<RunState, RpcError> {
-    storage
-        .call(|reply| Command::LoadRunState {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))
+    ask(storage, |reply| Command::LoadRunState {
+        run_id: run_id.to_string(),
+        reply,
+    })
+    .await
 }
 
 fn legacy_run_not_found(run_id: &str) -> RpcError {
@@ -120,27 +119,18 @@ pub async fn list_run_descendants(
 ) -> Result<Value, RpcError> {
     let run_id = run_id_param(params)?;
     let storage = storage(context)?;
-    let exists = storage
-        .call(|reply| Command::GetRun {
-            run_id: run_id.clone(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .is_some();
+    let exists = stored_run(&storage, &run_id).await?.is_some();
     if !exists {
         return Err(legacy_run_not_found(&run_id));
     }
     let limit = positive_limit(params.get("limit"), DESCENDANTS_LIMIT_DEFAULT)?;
-    let rows = storage
-        .call(|reply| Command::ListRunDescendants {
-            run_id: run_id.clone(),
-            limit: limit.min(INSPECT_ROWS_MAX),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(|| legacy_run_not_found(&run_id))?;
+    let rows = ask(&storage, |reply| Command::ListRunDescendants {
+        run_id: run_id.clone(),
+        limit: limit.min(INSPECT_ROWS_MAX),
+        reply,
+    })
+    .await?
+    .ok_or_else(|| legacy_run_not_found(&run_id))?;
     Ok(array(
         rows.iter()
             .map(|row| {
@@ -199,16 +189,14 @@ pub async fn list_run_token_usage(
     params: &Value,
 ) -> Result<Value, RpcError> {
     let run_id = run_id_param(params)?;
-    let events = storage(context)?
-        .call(|reply| Command::ListEventsOfType {
-            run_id: run_id.clone(),
-            event_type: TOKEN_USAGE_EVENT.to_string(),
-            limit: INSPECT_ROWS_MAX,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(|| run_not_found(&run_id))?;
+    let events = ask(&storage(context)?, |reply| Command::ListEventsOfType {
+        run_id: run_id.clone(),
+        event_type: TOKEN_USAGE_EVENT.to_string(),
+        limit: INSPECT_ROWS_MAX,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| run_not_found(&run_id))?;
     Ok(object(vec![
         ("runId", Value::from(run_id.as_str())),
         (
@@ -280,10 +268,7 @@ pub async fn get_schema_signature(context: &CallContext<'_>) -> Result<Value, Rp
             ("components", Value::Object(Box::default())),
         ]));
     };
-    let catalog = storage
-        .call(|reply| Command::SchemaCatalog { reply })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let catalog = ask(&storage, |reply| Command::SchemaCatalog { reply }).await?;
     let (signature, components) = schema_signature(&catalog);
     Ok(object(vec![
         (
@@ -322,13 +307,7 @@ pub async fn get_run_diff(context: &CallContext<'_>, params: &Value) -> Result<V
                 ),
             )
         })?;
-    let run = storage(context)?
-        .call(|reply| Command::GetRun {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let run = stored_run(&storage(context)?, run_id).await?;
     if run.is_none() {
         return Err(run_not_found(run_id));
     }
@@ -376,13 +355,11 @@ pub fn frame_value(frame: &FrameRow) -> Value {
 }
 
 async fn latest_frame_no(storage: &StorageHandle, run_id: &str) -> Result<Option<i64>, RpcError> {
-    storage
-        .call(|reply| Command::LatestFrame {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))
+    ask(storage, |reply| Command::LatestFrame {
+        run_id: run_id.to_string(),
+        reply,
+    })
+    .await
 }
 
 /// `frames.list`: newest first.
@@ -396,16 +373,14 @@ pub async fn frames_list(context: &CallContext<'_>, params: &Value) -> Result<Va
         usize::try_from(n).unwrap_or(usize::MAX)
     });
     let after_frame_no = optional_positive_int(params, "afterFrameNo")?;
-    let frames = storage
-        .call(|reply| Command::ListFrames {
-            run_id: run_id.clone(),
-            limit: limit.min(INSPECT_ROWS_MAX),
-            after_frame_no,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(|| legacy_run_not_found(&run_id))?;
+    let frames = ask(&storage, |reply| Command::ListFrames {
+        run_id: run_id.clone(),
+        limit: limit.min(INSPECT_ROWS_MAX),
+        after_frame_no,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| legacy_run_not_found(&run_id))?;
     Ok(array(frames.iter().map(frame_value).collect()))
 }
 
@@ -421,15 +396,13 @@ pub async fn frames_get(context: &CallContext<'_>, params: &Value) -> Result<Val
     if frame_no == 0 {
         return Err(not_found());
     }
-    let frame = storage
-        .call(|reply| Command::GetFrame {
-            run_id: run_id.clone(),
-            frame_no,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(not_found)?;
+    let frame = ask(&storage, |reply| Command::GetFrame {
+        run_id: run_id.clone(),
+        frame_no,
+        reply,
+    })
+    .await?
+    .ok_or_else(not_found)?;
     Ok(frame_value(&frame))
 }
 
@@ -497,16 +470,14 @@ pub async fn attempts_list(context: &CallContext<'_>, params: &Value) -> Result<
             Some(value) => Some((node_id.to_string(), whole_number(value).unwrap_or(-1))),
         },
     };
-    let rows = storage
-        .call(|reply| Command::ListAttempts {
-            run_id: run_id.clone(),
-            node,
-            limit: INSPECT_ROWS_MAX,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(|| legacy_run_not_found(&run_id))?;
+    let rows = ask(&storage, |reply| Command::ListAttempts {
+        run_id: run_id.clone(),
+        node,
+        limit: INSPECT_ROWS_MAX,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| legacy_run_not_found(&run_id))?;
     Ok(array(rows.iter().map(attempt_value).collect()))
 }
 
@@ -530,16 +501,14 @@ pub async fn attempts_get(context: &CallContext<'_>, params: &Value) -> Result<V
     };
     let not_found = || RpcError::new(ErrorCode::NotFound, "Attempt not found");
     let whole = |n: f64| (n.fract() == 0.0 && n.abs() < 9.2e18).then_some(n as i64);
-    let rows = storage(context)?
-        .call(|reply| Command::ListAttempts {
-            run_id: run_id.to_string(),
-            node: Some((node_id.to_string(), whole(iteration).unwrap_or(-1))),
-            limit: INSPECT_ROWS_MAX,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(|| legacy_run_not_found(run_id))?;
+    let rows = ask(&storage(context)?, |reply| Command::ListAttempts {
+        run_id: run_id.to_string(),
+        node: Some((node_id.to_string(), whole(iteration).unwrap_or(-1))),
+        limit: INSPECT_ROWS_MAX,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| legacy_run_not_found(run_id))?;
     let wanted = whole(attempt).ok_or_else(not_found)?;
     let found = rows
         .iter()
@@ -1084,14 +1053,12 @@ async fn run_snapshot(
         return Ok(None);
     };
     let frame = if state.last_frame_no > 0 {
-        storage
-            .call(|reply| Command::GetFrame {
-                run_id: run.run_id.clone(),
-                frame_no: state.last_frame_no,
-                reply,
-            })
-            .await
-            .map_err(|e| storage_rpc_error(&e))?
+        ask(storage, |reply| Command::GetFrame {
+            run_id: run.run_id.clone(),
+            frame_no: state.last_frame_no,
+            reply,
+        })
+        .await?
     } else {
         None
     };

@@ -3,14 +3,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::common::{
-    container_depth, engine, invalid_input, invalid_request, nullable, nullable_i64,
-    required_string, storage,
+    ask, container_depth, engine, invalid_input, invalid_request, nullable, nullable_i64,
+    required_string, storage, stored_run,
 };
 use super::dispatch::CallContext;
 use super::frame::object;
 use super::Value;
 use crate::engine::core::{
-    storage_rpc_error, system_of, workflow_key_of, AuthContext, DecisionRequest, LaunchRequest,
+    system_of, workflow_key_of, AuthContext, DecisionRequest, LaunchOutcome, LaunchRequest,
     SignalRequest,
 };
 use crate::error::{ErrorCode, RpcError};
@@ -173,11 +173,16 @@ pub async fn launch_run(context: &CallContext<'_>, params: &Value) -> Result<Val
         })
         .await?;
     context.subscribe(&outcome.run_id);
-    Ok(object(vec![
+    Ok(launch_payload(&outcome))
+}
+
+/// `{runId, workflow, system}`: what launchRun, cronRun and runs.rerun answer.
+pub(crate) fn launch_payload(outcome: &LaunchOutcome) -> Value {
+    object(vec![
         ("runId", Value::from(outcome.run_id.as_str())),
         ("workflow", Value::from(outcome.workflow.as_str())),
         ("system", Value::from(outcome.system)),
-    ]))
+    ])
 }
 
 pub(crate) fn run_id_param(params: &Value) -> Result<String, RpcError> {
@@ -274,15 +279,7 @@ pub async fn submit_signal(context: &CallContext<'_>, params: &Value) -> Result<
         .or_else(|| params.get("payload"))
         .cloned()
         .unwrap_or_else(|| Value::Object(Box::default()));
-    if storage(context)?
-        .call(|reply| Command::GetRun {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .is_none()
-    {
+    if stored_run(&storage(context)?, run_id).await?.is_none() {
         return Err(RpcError::new(
             ErrorCode::NotFound,
             format!("Run not found: {run_id}"),
@@ -363,26 +360,17 @@ pub fn run_value(row: &RunRow) -> Value {
 
 /// Whether storage holds the run (`streamRunEvents` step 4 for runs without a window).
 pub async fn run_exists(context: &CallContext<'_>, run_id: &str) -> Result<bool, RpcError> {
-    Ok(storage(context)?
-        .call(|reply| Command::GetRun {
-            run_id: run_id.to_string(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .is_some())
+    Ok(stored_run(&storage(context)?, run_id).await?.is_some())
 }
 
 pub async fn get_run(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let run_id = run_id_param(params)?;
     let storage = storage(context)?;
-    let state = storage
-        .call(|reply| Command::LoadRunState {
-            run_id: run_id.clone(),
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let state = ask(&storage, |reply| Command::LoadRunState {
+        run_id: run_id.clone(),
+        reply,
+    })
+    .await?;
     let Some(row) = state.run.clone() else {
         return Err(RpcError::new(
             ErrorCode::NotFound,
@@ -561,13 +549,11 @@ pub async fn list_runs(context: &CallContext<'_>, params: &Value) -> Result<Valu
         limit: LIST_RUNS_SCAN_MAX,
         offset: 0,
     };
-    let rows = storage(context)?
-        .call(|reply| Command::ListRuns {
-            filter: storage_filter,
-            reply,
-        })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let rows = ask(&storage(context)?, |reply| Command::ListRuns {
+        filter: storage_filter,
+        reply,
+    })
+    .await?;
     let rows: Vec<Value> = rows
         .iter()
         .filter(|row| match status.as_deref() {
@@ -705,21 +691,16 @@ pub async fn pending_approvals(
     workflow: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Value>, RpcError> {
-    let approvals = storage
-        .call(|reply| Command::ListPendingApprovals { run_id, reply })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let approvals = ask(storage, |reply| Command::ListPendingApprovals {
+        run_id,
+        reply,
+    })
+    .await?;
     let mut keys: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut rows = Vec::new();
     for approval in &approvals {
         if !keys.contains_key(&approval.run_id) {
-            let run = storage
-                .call(|reply| Command::GetRun {
-                    run_id: approval.run_id.clone(),
-                    reply,
-                })
-                .await
-                .map_err(|e| storage_rpc_error(&e))?;
+            let run = stored_run(storage, &approval.run_id).await?;
             let key = run
                 .filter(|r| !TERMINAL_RUN_STATUSES.contains(&r.status.as_str()))
                 .map(|r| workflow_key_of(&r));
@@ -770,10 +751,7 @@ pub async fn snapshot_runs(storage: &StorageHandle) -> Result<Vec<Value>, RpcErr
             limit: SNAPSHOT_RUNS_MAX,
             offset: 0,
         };
-        let found = storage
-            .call(|reply| Command::ListRuns { filter, reply })
-            .await
-            .map_err(|e| storage_rpc_error(&e))?;
+        let found = ask(storage, |reply| Command::ListRuns { filter, reply }).await?;
         rows.extend(found.into_iter().filter(|row| !system_of(row)));
     }
     rows.sort_by(|a, b| {

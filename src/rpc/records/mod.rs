@@ -17,9 +17,8 @@ pub mod tickets;
 use super::dispatch::CallContext;
 use super::frame::object;
 use super::Value;
-use crate::engine::core::storage_rpc_error;
 use crate::error::RpcError;
-use crate::rpc::common::{nullable, nullable_i64, optional_str, storage};
+use crate::rpc::common::{ask, nullable, nullable_i64, optional_str, storage};
 use crate::storage::records::{MemoryFactRow, RecordsQuery};
 use crate::storage::Command;
 use simd_json::prelude::*;
@@ -43,10 +42,10 @@ pub async fn list_memory_facts(
     params: &Value,
 ) -> Result<Value, RpcError> {
     let namespace = optional_str(params, "namespace").map(str::to_string);
-    let rows = storage(context)?
-        .call(|reply| Command::Records(RecordsQuery::ListMemoryFacts { namespace, reply }))
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let rows = ask(&storage(context)?, |reply| {
+        Command::Records(RecordsQuery::ListMemoryFacts { namespace, reply })
+    })
+    .await?;
     Ok(Value::Array(Box::new(
         rows.iter().map(memory_fact_value).collect(),
     )))

@@ -5,9 +5,8 @@
 //! a scorer wrote; the methods read whatever is there.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
-use crate::rpc::common::{invalid_request, nullable, nullable_i64, optional_str, storage};
+use crate::rpc::common::{ask, invalid_request, nullable, nullable_i64, optional_str, storage};
 use crate::rpc::dispatch::CallContext;
 use crate::rpc::frame::object;
 use crate::rpc::{Object, Value};
@@ -69,17 +68,15 @@ pub async fn list_scores(context: &CallContext<'_>, params: &Value) -> Result<Va
         return Err(invalid_request("runId is required"));
     };
     let node_id = optional_str(params, "nodeId").map(str::to_string);
-    let rows = storage(context)?
-        .call(|reply| {
-            Command::Records(RecordsQuery::ListScores {
-                run_id: run_id.to_string(),
-                node_id,
-                reply,
-            })
+    let rows = ask(&storage(context)?, |reply| {
+        Command::Records(RecordsQuery::ListScores {
+            run_id: run_id.to_string(),
+            node_id,
+            reply,
         })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?
-        .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("Run not found: {run_id}")))?;
+    })
+    .await?
+    .ok_or_else(|| RpcError::new(ErrorCode::NotFound, format!("Run not found: {run_id}")))?;
     Ok(Value::Array(Box::new(
         rows.iter().map(|row| object(score_fields(row))).collect(),
     )))
@@ -218,10 +215,10 @@ pub async fn list_scores_for_runs(
     let page = if query.run_ids.is_empty() {
         Default::default()
     } else {
-        storage(context)?
-            .call(|reply| Command::Records(RecordsQuery::ListScoresForRuns { query, reply }))
-            .await
-            .map_err(|e| storage_rpc_error(&e))?
+        ask(&storage(context)?, |reply| {
+            Command::Records(RecordsQuery::ListScoresForRuns { query, reply })
+        })
+        .await?
     };
     if let Some(run_id) = &page.missing_run {
         return Err(run_not_found(run_id));
@@ -290,16 +287,14 @@ pub async fn get_score_detail(
     only_keys(fields, GET_SCORE_DETAIL_KEYS, "getScoreDetail")?;
     let run_id = bounded_id(fields.get("runId"), "runId")?;
     let score_id = bounded_id(fields.get("scoreId"), "scoreId")?;
-    let found = storage(context)?
-        .call(|reply| {
-            Command::Records(RecordsQuery::GetScore {
-                run_id: run_id.clone(),
-                score_id: score_id.clone(),
-                reply,
-            })
+    let found = ask(&storage(context)?, |reply| {
+        Command::Records(RecordsQuery::GetScore {
+            run_id: run_id.clone(),
+            score_id: score_id.clone(),
+            reply,
         })
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    })
+    .await?;
     match found {
         None => Err(run_not_found(&run_id)),
         Some(None) => Err(RpcError::new(

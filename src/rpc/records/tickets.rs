@@ -6,7 +6,9 @@
 
 use crate::engine::core::storage_rpc_error;
 use crate::error::{ErrorCode, RpcError};
-use crate::rpc::common::{invalid_request, now_ms, nullable, nullable_i64, optional_str, storage};
+use crate::rpc::common::{
+    ask, invalid_request, now_ms, nullable, nullable_i64, optional_str, storage,
+};
 use crate::rpc::dispatch::CallContext;
 use crate::rpc::frame::object;
 use crate::rpc::methods::positive_limit;
@@ -66,10 +68,10 @@ pub async fn list_docs(context: &CallContext<'_>, params: &Value) -> Result<Valu
             .filter(|n| n.is_finite()),
         limit,
     };
-    let rows = storage(context)?
-        .call(|reply| Command::Records(RecordsQuery::ListDocs { filter, reply }))
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let rows = ask(&storage(context)?, |reply| {
+        Command::Records(RecordsQuery::ListDocs { filter, reply })
+    })
+    .await?;
     Ok(rows_value(&rows, doc_value))
 }
 
@@ -116,10 +118,10 @@ async fn write_doc(
 /// `listTickets`: live docs, `kind` an exact filter.
 pub async fn list_tickets(context: &CallContext<'_>, params: &Value) -> Result<Value, RpcError> {
     let kind = optional_str(params, "kind").map(str::to_string);
-    let rows = ticket_storage(context)?
-        .call(|reply| Command::Records(RecordsQuery::ListTickets { kind, reply }))
-        .await
-        .map_err(|e| storage_rpc_error(&e))?;
+    let rows = ask(&ticket_storage(context)?, |reply| {
+        Command::Records(RecordsQuery::ListTickets { kind, reply })
+    })
+    .await?;
     Ok(rows_value(&rows, ticket_value))
 }
 
